@@ -1,0 +1,231 @@
+"""Hearth's entry point: parse the command line and settings, open storage, build services, serve, shut down."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from core.config import Settings, load_settings
+from core.errors import ConfigError, HearthError, StorageError
+
+log = logging.getLogger("hearth")
+VERSION = "0.1.0"
+DB_NAME = "hearth.db"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hearth", description="Hearth control plane")
+    parser.add_argument("--config", help="TOML settings file (also HEARTH_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = _command(sub, "serve", "run the server")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 8080)")
+    _add_admin_commands(sub)
+    _command(sub, "backup", "copy the database to PATH while the server runs").add_argument("path")
+    _command(sub, "restore", "replace the database with the backup at PATH (server must be stopped)").add_argument(
+        "path"
+    )
+    _command(sub, "version", "print the version")
+    return parser
+
+
+def _command(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    cmd: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+    cmd.add_argument("--data-dir", dest="data_dir", help="data directory (default ./data)")
+    cmd.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
+    return cmd
+
+
+def _add_admin_commands(sub: Any) -> None:
+    users = sub.add_parser("users", help="manage users").add_subparsers(dest="users_command", required=True)
+    create = _command(users, "create", "create a user")
+    create.add_argument("name")
+    create.add_argument("--role", choices=["admin", "member", "viewer"], default="member")
+    create.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    _command(users, "list", "list users")
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
+    kcreate = _command(keys, "create", "create an API key and print it once")
+    kcreate.add_argument("--user", required=True)
+    kcreate.add_argument("--description", default="")
+    kcreate.add_argument("--expires-at", dest="expires_at", help="RFC 3339 expiry time")
+    kcreate.add_argument("--role", choices=["admin", "member", "viewer"], help="at most the user's role")
+    kcreate.add_argument("--namespace", default="")
+    kcreate.add_argument("--team", default="")
+    _command(keys, "list", "list API keys (never their secrets)")
+    _command(keys, "revoke", "revoke an API key").add_argument("id", type=int)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    flags = {
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
+        "data_dir": args.data_dir,
+    }
+    return load_settings(flags, config_file=args.sub_config or args.config)
+
+
+def prepare_data_dir(settings: Settings) -> Path:
+    """Create the data directory (mode 0700) and check that we can write to it."""
+    path = settings.data_path
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError("data_dir", f"cannot create {path}: {e.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError("data_dir", f"{path} is not writable")
+    return path
+
+
+def open_database(settings: Settings) -> Any:
+    from storage.database import Database
+
+    path = prepare_data_dir(settings) / DB_NAME
+    return Database(
+        path,
+        readers=settings.storage.reader_connections,
+        synchronous=settings.storage.synchronous,
+        busy_timeout_ms=settings.storage.busy_timeout_ms,
+    )
+
+
+async def build_services(settings: Settings) -> Any:
+    from core.actions import ActionManager
+    from core.auth import Authenticator
+    from core.bus import Bus
+    from core.metrics import Metrics
+    from core.services import Services
+
+    db = open_database(settings)
+    metrics = Metrics()
+    return Services(
+        settings=settings,
+        db=db,
+        auth=Authenticator(db, settings, metrics),
+        actions=ActionManager(db, settings, metrics),
+        bus=Bus(metrics),
+        metrics=metrics,
+    )
+
+
+async def serve(settings: Settings, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run every service until SIGINT/SIGTERM or cancellation; actions' process groups die with us."""
+    from handlers.app import create_app
+    from handlers.server import serve_http
+    from storage.lock import ServerLock
+
+    lock = ServerLock(prepare_data_dir(settings))
+    lock.acquire()
+    svc = await build_services(settings)
+    try:
+        first = await svc.auth.ensure_first_admin()
+        if first is not None:
+            _print_first_credentials(first)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_on_signal, nursery.cancel_scope)
+            await nursery.start(svc.actions.serve)
+            binds = await nursery.start(serve_http, create_app(svc), settings)
+            task_status.started((svc, binds))
+    finally:
+        svc.db.close()
+        lock.release()
+        log.info("stopped")
+
+
+def _print_first_credentials(first: Any) -> None:
+    print(
+        "\n".join(
+            [
+                "=" * 64,
+                "Hearth: first start, an administrator was created. Shown once; store it now.",
+                f"  user:     {first.name}",
+                f"  password: {first.password}",
+                f"  API key:  {first.api_key}",
+                "=" * 64,
+            ]
+        ),
+        flush=True,
+    )
+
+
+async def _cancel_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("shutting down", extra={"signal": signal.Signals(signum).name})
+            scope.cancel()
+            return
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Dispatch one parsed command; returns the process exit status."""
+    if args.command == "version":
+        print(VERSION)
+        return 0
+    settings = settings_from_args(args)
+    from core.logging import configure_logging
+
+    configure_logging(settings.log)
+    return _COMMANDS[args.command](settings, args)
+
+
+def _serve_command(settings: Settings, args: argparse.Namespace) -> int:
+    trio.run(serve, settings)
+    return 0
+
+
+def _users_command(settings: Settings, args: argparse.Namespace) -> int:
+    from handlers import cli_admin
+
+    return cli_admin.users_command(settings, args)
+
+
+def _keys_command(settings: Settings, args: argparse.Namespace) -> int:
+    from handlers import cli_admin
+
+    return cli_admin.keys_command(settings, args)
+
+
+def _backup_command(settings: Settings, args: argparse.Namespace) -> int:
+    from handlers import cli_data
+
+    return cli_data.backup_command(settings, args)
+
+
+def _restore_command(settings: Settings, args: argparse.Namespace) -> int:
+    from handlers import cli_data
+
+    return cli_data.restore_command(settings, args)
+
+
+_COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+    "serve": _serve_command,
+    "users": _users_command,
+    "keys": _keys_command,
+    "backup": _backup_command,
+    "restore": _restore_command,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run_command(args)
+    except ConfigError as e:
+        print(f"hearth: {e.detail}", file=sys.stderr)
+        return 2
+    except (StorageError, HearthError) as e:
+        print(f"hearth: {e.detail}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The domain: principals and authorization, action streams, bus; no HTTP, no SQL."""

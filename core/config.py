@@ -1,0 +1,211 @@
+"""Settings: one msgspec Struct, filled from defaults < TOML file < HEARTH_* environment < command-line flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from core.errors import ConfigError
+
+ENV_PREFIX = "HEARTH_"
+CONFIG_ENV = "HEARTH_CONFIG"
+
+
+class AuthSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Login, tokens and registration."""
+
+    access_token_ttl_seconds: int = 1800
+    refresh_token_ttl_seconds: int = 7 * 86400
+    open_registration: bool = False
+    jwt_secret_file: str = ""  # empty: <data_dir>/jwt.secret, created on first start
+    cookie_secure: bool = False
+    allowed_origins: list[str] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _require_positive("auth.access_token_ttl_seconds", self.access_token_ttl_seconds)
+        _require_positive("auth.refresh_token_ttl_seconds", self.refresh_token_ttl_seconds)
+
+
+class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """HTTP and websocket limits."""
+
+    max_body_bytes: int = 1024 * 1024
+    max_ws_message_bytes: int = 1024 * 1024
+    shutdown_grace_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        _require_positive("server.max_body_bytes", self.max_body_bytes)
+        _require_positive("server.max_ws_message_bytes", self.max_ws_message_bytes)
+
+
+class ActionSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Action streams: process kill grace, output buffers and logs."""
+
+    kill_grace_seconds: float = 5.0
+    ring_bytes: int = 256 * 1024
+    log_max_bytes: int = 8 * 1024 * 1024
+    reader_queue_chunks: int = 64
+    read_chunk_bytes: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        _require_positive("actions.kill_grace_seconds", self.kill_grace_seconds)
+        _require_positive("actions.ring_bytes", self.ring_bytes)
+        _require_positive("actions.log_max_bytes", self.log_max_bytes)
+        _require_positive("actions.reader_queue_chunks", self.reader_queue_chunks)
+        _require_positive("actions.read_chunk_bytes", self.read_chunk_bytes)
+
+
+class StorageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """SQLite tuning."""
+
+    synchronous: Literal["full", "normal"] = "full"
+    reader_connections: int = 4
+    busy_timeout_ms: int = 5000
+
+    def __post_init__(self) -> None:
+        _require_positive("storage.reader_connections", self.reader_connections)
+
+
+class LogSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Log level and format; ``auto`` is readable lines on a terminal, JSON lines otherwise."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "text"] = "auto"
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Everything Hearth can be told; see docs/configuration.md for each setting."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: str = "./data"
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    actions: ActionSettings = msgspec.field(default_factory=ActionSettings)
+    storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
+    log: LogSettings = msgspec.field(default_factory=LogSettings)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError("port", f"{self.port} is not between 0 and 65535")
+        if not self.data_dir:
+            raise ConfigError("data_dir", "must not be empty")
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+
+def _require_positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(name, f"must be greater than 0, got {value}")
+
+
+def load_settings(
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> Settings:
+    """Merge the three sources (flags win over environment, environment over the file) into Settings."""
+    environ = os.environ if environ is None else environ
+    path = config_file or environ.get(CONFIG_ENV) or None
+    merged: dict[str, Any] = _read_toml(path) if path else {}
+    _merge(merged, _from_environment(environ))
+    _merge(merged, _from_flags(flags))
+    return _convert(merged)
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError("config", f"file {path} does not exist") from None
+    except OSError as e:
+        raise ConfigError("config", f"cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("config", f"{path} is not valid TOML: {e}") from None
+
+
+def _sections() -> dict[str, type[msgspec.Struct]]:
+    out: dict[str, type[msgspec.Struct]] = {}
+    for field in msgspec.structs.fields(Settings):
+        if isinstance(field.type, type) and issubclass(field.type, msgspec.Struct):
+            out[field.name] = field.type
+    return out
+
+
+def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """HEARTH_PORT -> port; HEARTH_AUTH_OPEN_REGISTRATION -> auth.open_registration."""
+    out: dict[str, Any] = {}
+    top = {f.name for f in msgspec.structs.fields(Settings)}
+    sections = _sections()
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name in top and name not in sections:
+            out[name] = _env_value(value)
+            continue
+        section, _, field = name.partition("_")
+        fields = {f.name for f in msgspec.structs.fields(sections[section])} if section in sections else set()
+        if field not in fields:
+            raise ConfigError(key, "unknown setting")
+        out.setdefault(section, {})[field] = _env_value(value)
+    return out
+
+
+def _env_value(value: str) -> Any:
+    """Lists arrive comma-separated; everything else is converted by msgspec from the string."""
+    return value
+
+
+def _from_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+def _merge(into: dict[str, Any], other: Mapping[str, Any]) -> None:
+    for key, value in other.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _convert(merged: dict[str, Any]) -> Settings:
+    _split_env_lists(merged)
+    try:
+        return msgspec.convert(merged, Settings, strict=False)
+    except msgspec.ValidationError as e:
+        raise ConfigError(*_describe_validation(str(e))) from None
+
+
+def _split_env_lists(merged: dict[str, Any]) -> None:
+    """A list setting given as one string (environment, flag) is split on commas."""
+    for section_name, section_type in _sections().items():
+        section = merged.get(section_name)
+        if not isinstance(section, dict):
+            continue
+        for field in msgspec.structs.fields(section_type):
+            value = section.get(field.name)
+            if isinstance(value, str) and getattr(field.type, "__origin__", None) is list:
+                section[field.name] = [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _describe_validation(message: str) -> tuple[str, str]:
+    """msgspec says 'Expected `int`, got `str` - at `$.auth.x`'; turn it into (setting, problem)."""
+    problem, sep, where = message.rpartition(" - at `$")
+    if not sep:
+        if message.startswith("Object contains unknown field"):
+            return message.split("`")[1], "unknown setting"
+        return "config", message
+    setting = where.rstrip("`").lstrip(".")
+    if problem.startswith("Object contains unknown field"):
+        field = problem.split("`")[1]
+        return f"{setting}.{field}" if setting else field, "unknown setting"
+    return setting, problem.replace("`", "")

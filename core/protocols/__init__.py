@@ -1,0 +1,1 @@
+"""Wire codecs: pure functions and msgspec types, bytes in, events out; no trio, no quart."""
