@@ -71,6 +71,46 @@ class StorageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         _require_positive("storage.reader_connections", self.reader_connections)
 
 
+class CommandSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One administrator-defined call: ``[calls.commands.NAME]`` (specs/calls.md §3)."""
+
+    argv: list[str]
+    description: str = ""
+    params: list[str] = msgspec.field(default_factory=list)
+    role: Literal["admin", "member", "viewer"] = "admin"
+    cwd: str | None = None
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    timeout: float | None = None
+    secret_params: list[str] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.argv or not self.argv[0]:
+            raise ValueError("argv must name a program")
+        unknown = set(self.secret_params) - set(self.params)
+        if unknown:
+            raise ValueError(f"secret_params names unknown params: {sorted(unknown)}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError("timeout must be greater than 0")
+
+
+class CallsSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The Distillery call API: limits and the administrator-defined commands."""
+
+    first_message_timeout: float = 10.0
+    max_per_principal: int = 8
+    max_total: int = 256
+    buffer_bytes: int = 1024 * 1024
+    max_frame_bytes: int = 1024 * 1024
+    commands: dict[str, CommandSettings] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require_positive("calls.first_message_timeout", self.first_message_timeout)
+        _require_positive("calls.max_per_principal", self.max_per_principal)
+        _require_positive("calls.max_total", self.max_total)
+        _require_positive("calls.buffer_bytes", self.buffer_bytes)
+        _require_positive("calls.max_frame_bytes", self.max_frame_bytes)
+
+
 class LogSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Log level and format; ``auto`` is readable lines on a terminal, JSON lines otherwise."""
 
@@ -89,6 +129,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     actions: ActionSettings = msgspec.field(default_factory=ActionSettings)
     storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
+    calls: CallsSettings = msgspec.field(default_factory=CallsSettings)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -179,10 +220,25 @@ def _merge(into: dict[str, Any], other: Mapping[str, Any]) -> None:
 
 def _convert(merged: dict[str, Any]) -> Settings:
     _split_env_lists(merged)
+    _check_commands(merged.get("calls"))
     try:
         return msgspec.convert(merged, Settings, strict=False)
     except msgspec.ValidationError as e:
         raise ConfigError(*_describe_validation(str(e))) from None
+
+
+def _check_commands(calls: Any) -> None:
+    """Validate each ``[calls.commands.NAME]`` alone, so that an error names the command."""
+    commands = calls.get("commands") if isinstance(calls, dict) else None
+    if not isinstance(commands, dict):
+        return
+    for name, entry in commands.items():
+        try:
+            msgspec.convert(entry, CommandSettings, strict=False)
+        except msgspec.ValidationError as e:
+            setting, problem = _describe_validation(str(e))
+            where = f"calls.commands.{name}" + (f".{setting}" if setting not in ("", "config") else "")
+            raise ConfigError(where, problem) from None
 
 
 def _split_env_lists(merged: dict[str, Any]) -> None:
