@@ -25,10 +25,13 @@ class AuthSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     jwt_secret_file: str = ""  # empty: <data_dir>/jwt.secret, created on first start
     cookie_secure: bool = False
     allowed_origins: list[str] = msgspec.field(default_factory=list)
+    max_keys_per_user: int = 100  # active (unrevoked, unexpired) API keys per user; 0 = no limit
 
     def __post_init__(self) -> None:
         _require_positive("auth.access_token_ttl_seconds", self.access_token_ttl_seconds)
         _require_positive("auth.refresh_token_ttl_seconds", self.refresh_token_ttl_seconds)
+        if self.max_keys_per_user < 0:
+            raise ConfigError("auth.max_keys_per_user", f"must be 0 or more, got {self.max_keys_per_user}")
 
 
 class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -37,10 +40,13 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_body_bytes: int = 1024 * 1024
     max_ws_message_bytes: int = 1024 * 1024
     shutdown_grace_seconds: float = 10.0
+    metrics_public: bool = True  # false: GET /metrics needs an authenticated principal
+    request_head_timeout_seconds: float = 10.0  # a connection must send its first request head within this
 
     def __post_init__(self) -> None:
         _require_positive("server.max_body_bytes", self.max_body_bytes)
         _require_positive("server.max_ws_message_bytes", self.max_ws_message_bytes)
+        _require_positive("server.request_head_timeout_seconds", self.request_head_timeout_seconds)
 
 
 class ActionSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -51,8 +57,12 @@ class ActionSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     log_max_bytes: int = 8 * 1024 * 1024
     reader_queue_chunks: int = 64
     read_chunk_bytes: int = 64 * 1024
+    retain_finished: int = 200  # finished actions kept (info, ring, log file); the oldest go first
+    retain_seconds: float = 3600.0  # and for at most this long after they ended
 
     def __post_init__(self) -> None:
+        _require_positive("actions.retain_finished", self.retain_finished)
+        _require_positive("actions.retain_seconds", self.retain_seconds)
         _require_positive("actions.kill_grace_seconds", self.kill_grace_seconds)
         _require_positive("actions.ring_bytes", self.ring_bytes)
         _require_positive("actions.log_max_bytes", self.log_max_bytes)

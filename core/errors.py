@@ -14,9 +14,10 @@
     │   ├── PayloadTooLarge   413
     │   ├── InvalidInput      422    well-formed but invalid values
     │   └── RateLimited       429
-    └── ActionError                  an action could not start or ended badly
-        ├── ActionNotFound           no such action id
-        └── ProcessStartError        the executable could not be started
+    ├── ActionError                  an action could not start or ended badly
+    │   ├── ActionNotFound           no such action id
+    │   └── ProcessStartError        the executable could not be started
+    └── SubscriberTooSlow     503    a bus subscriber fell too far behind and was cut off
 
 Keep "we closed it" apart from "the peer broke it": code that closes a stream itself sees
 ``trio.ClosedResourceError``; a peer that vanished is ``trio.BrokenResourceError``. Handlers translate
@@ -106,3 +107,17 @@ class ProcessStartError(ActionError):
     """The process of an action could not be started (missing executable, bad cwd, ...)."""
 
     status = 422
+
+
+class TooManyAttempts(RateLimited):
+    """Refused for now (e.g. too many failed logins); ``retry_after`` seconds is sent as ``Retry-After``."""
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class SubscriberTooSlow(HearthError):
+    """A bus subscriber fell too far behind on a DISCONNECT topic and was cut off."""
+
+    status = 503

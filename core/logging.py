@@ -12,7 +12,7 @@ import msgspec
 from core.config import LogSettings
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
-_ENCODER = msgspec.json.Encoder()
+_ENCODER = msgspec.json.Encoder(enc_hook=str)  # values JSON cannot hold (Path, exceptions, ...) log as str()
 
 
 class JsonFormatter(logging.Formatter):

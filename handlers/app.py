@@ -1,14 +1,15 @@
-"""The quart-trio application: blueprints of every face, JSON errors, /openapi.json."""
+"""The quart-trio application: blueprints of every face, JSON errors, request metrics, /openapi.json."""
 
 from __future__ import annotations
 
 import logging
 
-from quart import Response
+from quart import Response, has_request_context, request, websocket
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from core.errors import HearthError
+from core.metrics import Metrics
 from core.services import Services
 from handlers import actions, auth, health, keys
 from handlers.common import error_response, json_response
@@ -16,6 +17,7 @@ from handlers.openapi import build_document
 
 log = logging.getLogger("hearth.http")
 VERSION = "0.1.0"
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def create_app(svc: Services) -> QuartTrio:
@@ -25,7 +27,9 @@ def create_app(svc: Services) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = svc.settings.server.max_body_bytes
     for module in (health, auth, keys, actions):
         app.register_blueprint(module.blueprint)
-    _install_error_handlers(app)
+    _install_error_handlers(app, svc.settings.server.max_body_bytes)
+    _install_request_metrics(app, svc.metrics)
+    _observe_database(svc)
     app.add_url_rule("/openapi.json", view_func=_openapi, methods=["GET"])
     return app
 
@@ -34,16 +38,63 @@ async def _openapi() -> Response:
     return json_response(build_document(VERSION))
 
 
-def _install_error_handlers(app: QuartTrio) -> None:
+def _observe_database(svc: Services) -> None:
+    """Every async read and write of the database lands in ``hearth_database_latency_seconds{op}``."""
+    histogram = svc.metrics.db_latency
+
+    def observe(op: str, seconds: float) -> None:
+        histogram.labels(op=op).observe(seconds)
+
+    svc.db.set_latency_observer(observe)
+
+
+def _install_request_metrics(app: QuartTrio, metrics: Metrics) -> None:
+    """Count every answered request by method, route rule (bounded: never the raw path) and status."""
+
+    @app.after_request
+    async def _count(response: Response) -> Response:
+        rule = request.url_rule
+        method = request.method if request.method in KNOWN_METHODS else "OTHER"
+        route = rule.rule if rule is not None else "unmatched"
+        metrics.http_requests.labels(method=method, route=route, status=str(response.status_code)).inc()
+        return response
+
+
+def _install_error_handlers(app: QuartTrio, max_body_bytes: int) -> None:
+    """Every error leaves as JSON ``{"detail": ...}``: ours, quart's and werkzeug's (404, 405, 413, ...)."""
+
     @app.errorhandler(HearthError)
     async def _hearth_error(e: HearthError) -> Response:
         return error_response(e.status, e.detail)
 
     @app.errorhandler(HTTPException)
     async def _http_error(e: HTTPException) -> Response:
-        return error_response(e.code or 500, e.description or e.name)
+        return _http_error_response(e, max_body_bytes)
 
     @app.errorhandler(Exception)
     async def _internal_error(e: Exception) -> Response:
-        log.exception("internal error")
+        method, path = _method_and_path()
+        log.exception("internal error", extra={"method": method, "path": path})
         return error_response(500, "internal error")
+
+
+def _method_and_path() -> tuple[str, str]:
+    """The request's method and path; websocket handlers land in the same error handlers."""
+    if has_request_context():
+        return request.method, request.path
+    return "WEBSOCKET", websocket.path
+
+
+def _http_error_response(e: HTTPException, max_body_bytes: int) -> Response:
+    code = e.code or 500
+    method, path = _method_and_path()
+    if code == 404:
+        response = error_response(404, f"no route for {path[:200]}")
+    elif code == 413:
+        response = error_response(413, f"request body is larger than {max_body_bytes} bytes")
+    elif isinstance(e, MethodNotAllowed):
+        response = error_response(405, f"method {method} is not allowed on {path[:200]}")
+        response.headers["Allow"] = ", ".join(sorted(e.valid_methods or ()))
+    else:
+        response = error_response(code, e.description or e.name)
+    return response

@@ -59,7 +59,7 @@ async def decode_json(kind: type[T]) -> T:
         return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as e:
         raise InvalidInput(str(e)) from None
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:  # msgspec raises the latter for bad UTF-8 in strings
         raise BadRequest(f"malformed JSON: {e}") from None
 
 

@@ -48,6 +48,8 @@ def _m001_principals(db: sqlite_utils.Database) -> None:
             revoked_at TEXT
         )"""
     )
+    db.execute("CREATE INDEX api_keys_user ON api_keys(user_name)")
+    db.execute("CREATE INDEX refresh_tokens_user ON refresh_tokens(user_id)")
 
 
 def _m002_process_groups(db: sqlite_utils.Database) -> None:
@@ -77,7 +79,17 @@ def _m003_audit(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX audit_log_at ON audit_log(at)")
 
 
-MIGRATIONS: list[Migration] = [_m001_principals, _m002_process_groups, _m003_audit]
+def _m004_process_group_start_ticks(db: sqlite_utils.Database) -> None:
+    """The leader's start time (clock ticks since boot), so a restart never kills a recycled pgid."""
+    db.execute("ALTER TABLE process_groups ADD COLUMN start_ticks INTEGER NOT NULL DEFAULT 0")
+
+
+MIGRATIONS: list[Migration] = [
+    _m001_principals,
+    _m002_process_groups,
+    _m003_audit,
+    _m004_process_group_start_ticks,
+]
 
 
 def apply_migrations(db: sqlite_utils.Database) -> int:

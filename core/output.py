@@ -1,0 +1,328 @@
+"""Action output: the bounded ring for late attachers, the fan-out to readers, and the capped log on disk."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+import trio
+
+log = logging.getLogger("hearth.actions")
+
+Stream = Literal["stdout", "stderr"]
+LOG_BATCH_BYTES = 1024 * 1024
+
+
+class OutputChunk(msgspec.Struct, frozen=True):
+    """Bytes one stream produced; ``offset`` is where ``data[0]`` sits in the action's whole output."""
+
+    stream: Stream
+    data: bytes
+    offset: int
+
+
+class OutputGap(msgspec.Struct, frozen=True):
+    """This reader missed ``missed_bytes`` bytes here (they fell off the ring, or were dropped for it)."""
+
+    missed_bytes: int
+
+
+OutputItem = OutputChunk | OutputGap
+
+
+class OutputRing:
+    """The newest ``capacity`` bytes of output, as the chunks they arrived in."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._chunks: deque[OutputChunk] = deque()
+        self._size = 0
+        self.end_offset = 0
+
+    @property
+    def start_offset(self) -> int:
+        """Offset of the oldest byte still held (``end_offset`` when empty)."""
+        return self._chunks[0].offset if self._chunks else self.end_offset
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def append(self, chunk: OutputChunk) -> None:
+        """Keep ``chunk``, dropping the oldest whole chunks (or the head of an oversized one) past capacity."""
+        self.end_offset = chunk.offset + len(chunk.data)
+        if len(chunk.data) > self._capacity:
+            chunk = OutputChunk(chunk.stream, chunk.data[-self._capacity :], self.end_offset - self._capacity)
+        self._chunks.append(chunk)
+        self._size += len(chunk.data)
+        while self._size > self._capacity:
+            self._size -= len(self._chunks.popleft().data)
+
+    def chunks(self) -> list[OutputChunk]:
+        """The chunks held, oldest first (a reader replaying from offset 0 sees a gap for what fell off)."""
+        return list(self._chunks)
+
+
+class _Reader:
+    """One attached reader: a bounded channel, and the end offset of the last chunk offered to it."""
+
+    def __init__(self, capacity: int, lossless: bool, offered_end: int) -> None:
+        self.send_channel, self.receive_channel = trio.open_memory_channel[OutputChunk](capacity)
+        self.lossless = lossless
+        self.offered_end = offered_end
+        self.gone = False
+
+    def offer(self, chunk: OutputChunk) -> bool:
+        """Deliver without waiting; False when a lossless reader is full and the sender must wait.
+
+        A chunk that is not delivered is simply missing: the reader turns the hole in offsets into a gap."""
+        self.offered_end = chunk.offset + len(chunk.data)
+        try:
+            self.send_channel.send_nowait(chunk)
+        except trio.WouldBlock:
+            return not self.lossless
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.gone = True
+        return True
+
+
+class OutputReader:
+    """What ``Action.open_output`` yields: an async iterator of chunks and gaps, plus ``receive_nowait``.
+
+    Gaps are computed from offsets: a chunk that starts after the next expected byte is preceded by an
+    ``OutputGap``; when nothing is queued but bytes were offered and dropped, the gap comes at once."""
+
+    def __init__(self, replay: list[OutputChunk], reader: _Reader | None, expected: int) -> None:
+        self._replay = deque(replay)
+        self._reader = reader
+        self._live = reader is not None
+        self._expected = expected
+        self._pending: OutputChunk | None = None
+
+    def __aiter__(self) -> OutputReader:
+        return self
+
+    async def __anext__(self) -> OutputItem:
+        try:
+            item = self.receive_nowait()
+        except trio.EndOfChannel:
+            await trio.lowlevel.checkpoint()
+            raise StopAsyncIteration from None
+        except trio.WouldBlock:
+            assert self._reader is not None
+            try:
+                return self._take(await self._reader.receive_channel.receive())
+            except trio.EndOfChannel:
+                self._live = False
+                return await self.__anext__()
+        await trio.lowlevel.checkpoint()
+        return item
+
+    def receive_nowait(self) -> OutputItem:
+        """The next item if one is ready; ``trio.WouldBlock`` if not yet, ``trio.EndOfChannel`` at the end."""
+        if self._pending is not None:
+            return self._take(self._pending)
+        if self._replay:
+            return self._take(self._replay.popleft())
+        if self._live and self._reader is not None:
+            try:
+                return self._take(self._reader.receive_channel.receive_nowait())
+            except trio.WouldBlock:
+                if gap := self._dropped():
+                    return gap
+                raise
+            except trio.EndOfChannel:
+                self._live = False
+        if gap := self._dropped():
+            return gap
+        raise trio.EndOfChannel
+
+    def _take(self, chunk: OutputChunk) -> OutputItem:
+        if chunk.offset > self._expected:
+            self._pending = chunk
+            gap = OutputGap(chunk.offset - self._expected)
+            self._expected = chunk.offset
+            return gap
+        self._pending = None
+        self._expected = chunk.offset + len(chunk.data)
+        return chunk
+
+    def _dropped(self) -> OutputGap | None:
+        """Bytes offered to this reader that are neither queued nor delivered: they were dropped for it."""
+        if self._reader is None or self._reader.offered_end <= self._expected:
+            return None
+        gap = OutputGap(self._reader.offered_end - self._expected)
+        self._expected = self._reader.offered_end
+        return gap
+
+
+class OutputHub:
+    """Fans an action's output out to every attached reader, keeping the ring for late attachers.
+
+    One lock orders publishers (stdout and stderr pumps) so that every reader sees increasing offsets.
+    A lossless reader whose channel is full makes ``publish`` wait; after ``stop_blocking`` (the action is
+    being cancelled) every reader is lossy, so the pumps can always drain.
+    """
+
+    def __init__(self, *, ring_bytes: int, queue_chunks: int) -> None:
+        self._ring = OutputRing(ring_bytes)
+        self._queue_chunks = queue_chunks
+        self._readers: list[_Reader] = []
+        self._lock = trio.Lock()
+        self._blocking: set[trio.CancelScope] = set()
+        self._draining = False
+        self.closed = False
+
+    @property
+    def total_bytes(self) -> int:
+        return self._ring.end_offset
+
+    @property
+    def reader_count(self) -> int:
+        return len(self._readers)
+
+    async def publish(self, stream: Stream, data: bytes) -> None:
+        """Append ``data`` to the output; waits only while a lossless reader is full."""
+        if not data:
+            return
+        async with self._lock:
+            chunk = OutputChunk(stream, data, self._ring.end_offset)
+            self._ring.append(chunk)
+            for reader in tuple(self._readers):
+                if not reader.offer(chunk):
+                    await self._send_blocking(reader, chunk)
+                if reader.gone:
+                    self._detach(reader)
+
+    async def _send_blocking(self, reader: _Reader, chunk: OutputChunk) -> None:
+        """Wait for room; ``stop_blocking`` may cancel the wait, and the chunk is then missing for this reader."""
+        with trio.CancelScope() as scope:
+            self._blocking.add(scope)
+            try:
+                await reader.send_channel.send(chunk)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                reader.gone = True
+            finally:
+                self._blocking.discard(scope)
+
+    def stop_blocking(self) -> None:
+        """From now on no reader can hold the publishers back: full readers get gaps instead."""
+        self._draining = True
+        for reader in self._readers:
+            reader.lossless = False
+        for scope in tuple(self._blocking):
+            scope.cancel()
+
+    def close(self) -> None:
+        """No more output: readers end once they have drained what is queued for them."""
+        self.closed = True
+        for reader in self._readers:
+            reader.send_channel.close()
+
+    @asynccontextmanager
+    async def open_reader(self, *, replay: bool = True, lossless: bool = True) -> AsyncIterator[OutputReader]:
+        """Attach a reader (see ``Action.open_output``); it is detached when the block exits."""
+        end = self._ring.end_offset
+        reader = None if self.closed else _Reader(self._queue_chunks, lossless and not self._draining, end)
+        if reader is not None:
+            self._readers.append(reader)
+        try:
+            yield OutputReader(self._ring.chunks() if replay else [], reader, 0 if replay else end)
+        finally:
+            if reader is not None:
+                reader.receive_channel.close()
+                self._detach(reader)
+
+    def _detach(self, reader: _Reader) -> None:
+        if reader in self._readers:
+            self._readers.remove(reader)
+
+
+class DiskLog:
+    """The action's output on disk, capped: the first ``max_bytes`` are kept, then a note says what was cut.
+
+    It is one more lossless reader of the hub, writing in batches on a worker thread; a gap it receives
+    (only possible while the action is being cancelled) is noted in the file too.
+    """
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.path = path
+        self._max_bytes = max_bytes
+        self.written = 0
+        self.truncated = 0
+
+    async def run(self, hub: OutputHub, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Write until the hub closes; started once attached, so no output is missed."""
+        try:
+            file = await trio.open_file(self.path, "wb")
+        except OSError as e:
+            log.warning("action log disabled: cannot open %s: %s", self.path, e.strerror)
+            task_status.started()
+            return
+        async with file, hub.open_reader(replay=False, lossless=True) as reader:
+            task_status.started()
+            try:
+                await self._copy(reader, file.write)
+            except OSError as e:
+                log.warning("action log stopped: cannot write %s: %s", self.path, e.strerror)
+
+    async def _copy(self, reader: OutputReader, write: Callable[[bytes], Awaitable[object]]) -> None:
+        while batch := await _next_batch(reader):
+            if kept := self._admit(batch):
+                await write(kept)
+        if self.truncated:
+            await write(
+                f"\n[hearth: log truncated at {self._max_bytes} bytes; {self.truncated} more not kept]\n".encode()
+            )
+
+    def _admit(self, batch: bytes) -> bytes:
+        room = max(0, self._max_bytes - self.written)
+        kept = batch[:room]
+        self.written += len(kept)
+        self.truncated += len(batch) - len(kept)
+        return kept
+
+
+async def iter_log(path: Path, chunk_bytes: int = 64 * 1024) -> AsyncIterator[bytes]:
+    """The log's bytes as they are now, in chunks (nothing when there is no file)."""
+    try:
+        file = await trio.open_file(path, "rb")
+    except FileNotFoundError:
+        return
+    async with file:
+        while chunk := await file.read(chunk_bytes):
+            yield chunk
+
+
+def prepare_log_dir(path: Path) -> None:
+    """Create <data_dir>/actions; logs of a previous run belong to actions nobody can name any more."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for stale in path.glob("*.log"):
+        stale.unlink(missing_ok=True)
+
+
+async def _next_batch(reader: OutputReader) -> bytes:
+    """Wait for one item, then take whatever else is ready (up to a bound); b"" at the end."""
+    try:
+        parts = [_log_bytes(await reader.__anext__())]
+    except StopAsyncIteration:
+        return b""
+    size = len(parts[0])
+    while size < LOG_BATCH_BYTES:
+        try:
+            parts.append(_log_bytes(reader.receive_nowait()))
+        except (trio.WouldBlock, trio.EndOfChannel):
+            break
+        size += len(parts[-1])
+    return b"".join(parts)
+
+
+def _log_bytes(item: OutputItem) -> bytes:
+    if isinstance(item, OutputGap):
+        return f"\n[hearth: {item.missed_bytes} bytes missing here]\n".encode()
+    return item.data

@@ -1,0 +1,286 @@
+"""Process groups (Linux): spawn in a new session, watch the leader, empty the group, reap a crash's orphans."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+import trio
+
+from core.errors import ProcessStartError
+from storage import process_groups
+from storage.database import Database
+from storage.process_groups import ProcessGroupRecord
+
+log = logging.getLogger("hearth.processes")
+
+PROC = Path("/proc")
+BOOT_ID_PATH = PROC / "sys/kernel/random/boot_id"
+POLL_SECONDS = 0.02
+AFTER_KILL_SECONDS = 5.0  # how long SIGKILLed processes get to vanish before we stop watching
+Publish = Callable[[Literal["stdout", "stderr"], bytes], Awaitable[None]]
+
+
+class ProcessSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """What to run. ``env`` is added to Hearth's own environment; ``timeout`` cancels the action after that
+    many seconds. Invalid values raise ProcessStartError (a 422 at the REST edge)."""
+
+    argv: list[str]
+    cwd: str | None = None
+    env: dict[str, str] | None = None
+    timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.argv or not self.argv[0]:
+            raise ProcessStartError("argv must name a program")
+        env = self.env or {}
+        if any("\0" in text for text in [*self.argv, self.cwd or "", *env.keys(), *env.values()]):
+            raise ProcessStartError("argv, cwd and env must not contain NUL characters")
+        if any(not key or "=" in key for key in env):
+            raise ProcessStartError("environment variable names must be non-empty and contain no '='")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ProcessStartError("timeout must be greater than 0")
+
+
+def start_error(program: str, e: OSError) -> str:
+    """The result message of a process that could not be started (missing program or cwd, permissions)."""
+    where = f" ({e.filename})" if e.filename else ""
+    return f"cannot start {program!r}: {e.strerror or e}{where}"
+
+
+@functools.cache
+def boot_id() -> str:
+    """This boot's id: a pgid recorded during another boot names nothing of ours."""
+    try:
+        return BOOT_ID_PATH.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields 3.. of /proc/<pid>/stat (state, ppid, pgrp, ...), or None when the process is gone."""
+    try:
+        text = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    return text.rpartition(")")[2].split()
+
+
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (field 22 of /proc/<pid>/stat); None if gone."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def is_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is ``pgid``."""
+    members = []
+    for entry in os.scandir(PROC):
+        if not entry.name.isdigit():
+            continue
+        fields = _stat(int(entry.name))
+        if fields and fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to the whole group; False when nothing in it could be signalled."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+async def wait_groups_empty(pgids: Iterable[int], deadline: float) -> list[int]:
+    """Poll until every group is empty or ``deadline`` (trio clock) passes; returns the groups still alive."""
+    pending = list(pgids)
+    while pending:
+        pending = [g for g in pending if await trio.to_thread.run_sync(group_members, g)]
+        if not pending or trio.current_time() >= deadline:
+            break
+        await trio.sleep(POLL_SECONDS)
+    return pending
+
+
+async def terminate_groups(pgids: Sequence[int], kill_at: float) -> None:
+    """SIGTERM each group, SIGKILL whatever is left at ``kill_at``, then wait (bounded) for them to vanish."""
+    for pgid in pgids:
+        signal_group(pgid, signal.SIGTERM)
+    left = await wait_groups_empty(pgids, kill_at)
+    for pgid in left:
+        signal_group(pgid, signal.SIGKILL)
+    if left:
+        await wait_groups_empty(left, trio.current_time() + AFTER_KILL_SECONDS)
+
+
+class ProcessGroup:
+    """A child started in its own session: its pid is the pgid of everything it forks.
+
+    The leader is watched through a pidfd and reaped only by ``reap``, so until then its zombie keeps the
+    pgid from being recycled and signalling the group can never hit a stranger.
+    """
+
+    def __init__(self, process: trio.Process, argv: list[str]) -> None:
+        self.process = process
+        self.argv = argv
+        self.pgid = process.pid
+        self.start_ticks = start_ticks(process.pid) or 0
+        self._pidfd: int | None = os.pidfd_open(process.pid)
+        self.term_sent_at: float | None = None
+        self.reaped = False
+
+    @classmethod
+    async def spawn(cls, spec: ProcessSpec) -> ProcessGroup:
+        """Start ``spec.argv`` with three pipes in a new session; OSError when it cannot be started."""
+        process = await trio.lowlevel.open_process(
+            spec.argv,
+            cwd=spec.cwd,
+            env=None if spec.env is None else {**os.environ, **spec.env},
+            start_new_session=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        return cls(process, spec.argv)
+
+    async def record(self, db: Database, action_id: str, started_at: datetime) -> None:
+        """Remember the group in the database, so that a restart after a crash can reap it."""
+        record = ProcessGroupRecord(
+            pgid=self.pgid,
+            action_id=action_id,
+            argv=self.argv,
+            started_at=started_at.isoformat(),
+            boot_id=boot_id(),
+            start_ticks=self.start_ticks,
+        )
+        await process_groups.record_group(db, record)
+
+    async def forget(self, db: Database, action_id: str) -> None:
+        """The group is gone: drop its record (a failure is only logged: a restart re-checks the record)."""
+        try:
+            await process_groups.forget_group(db, self.pgid, action_id)
+        except Exception as e:
+            log.warning("cannot forget process group %s: %s", self.pgid, e)
+
+    async def wait_leader_exit(self) -> None:
+        """Return once the leader has exited (without reaping it)."""
+        if self._pidfd is not None:
+            await trio.lowlevel.wait_readable(self._pidfd)
+
+    def terminate(self) -> None:
+        """SIGTERM the group (once); the caller decides when to ``kill``."""
+        if self.term_sent_at is None:
+            self.term_sent_at = trio.current_time()
+            signal_group(self.pgid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        signal_group(self.pgid, signal.SIGKILL)
+
+    async def empty_group(self, grace: float) -> None:
+        """After the leader exited: SIGTERM what is left of the group, SIGKILL it at the grace period's end."""
+        if not await trio.to_thread.run_sync(group_members, self.pgid):
+            return
+        kill_at = (self.term_sent_at if self.term_sent_at is not None else trio.current_time()) + grace
+        self.terminate()
+        await terminate_groups([self.pgid], kill_at)
+
+    async def reap(self) -> int:
+        """Collect the leader's exit status (negative: killed by that signal) and release the pidfd."""
+        code = await self.process.wait()
+        self.reaped = True
+        self.close()
+        return code
+
+    def close(self) -> None:
+        if self._pidfd is not None:
+            trio.lowlevel.notify_closing(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    async def aclose(self) -> None:
+        """Whatever happened before: the group is killed if still unreaped, the leader reaped, pipes closed."""
+        if not self.reaped:
+            self.kill()
+            await self.reap()
+        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+            if stream is not None:
+                await stream.aclose()
+
+    async def supervise(
+        self, publish: Publish, *, chunk_bytes: int, grace: float, cancel: trio.Event
+    ) -> tuple[int, bool]:
+        """Pump stdout and stderr to ``publish`` until the leader exits (SIGTERM once ``cancel`` is set, SIGKILL
+        ``grace`` later), empty the group, reap the leader; the pipes then get ``grace`` to drain.
+
+        Returns the exit status (negative: the signal that killed it) and whether ``cancel`` was set before the
+        leader exited (a cancel that comes later found the process already gone)."""
+        async with trio.open_nursery() as pumps:
+            if self.process.stdout is not None:
+                pumps.start_soon(_pump, self.process.stdout, "stdout", publish, chunk_bytes)
+            if self.process.stderr is not None:
+                pumps.start_soon(_pump, self.process.stderr, "stderr", publish, chunk_bytes)
+            async with trio.open_nursery() as watcher:
+                watcher.start_soon(self._terminate_on, cancel, grace)
+                await self.wait_leader_exit()
+                cancelled = cancel.is_set()
+                watcher.cancel_scope.cancel()
+            await self.empty_group(grace)
+            code = await self.reap()
+            pumps.cancel_scope.deadline = trio.current_time() + grace
+        return code, cancelled
+
+    async def _terminate_on(self, cancel: trio.Event, grace: float) -> None:
+        await cancel.wait()
+        self.terminate()
+        await trio.sleep(grace)
+        log.info("grace period over: SIGKILL", extra={"pgid": self.pgid})
+        self.kill()
+
+
+async def _pump(stream: trio.abc.ReceiveStream, name: Literal["stdout", "stderr"], publish: Publish, size: int) -> None:
+    while data := await stream.receive_some(size):
+        await publish(name, bytes(data))
+
+
+def is_ours(record: ProcessGroupRecord, current_boot: str) -> bool:
+    """Whether a recorded group still names the processes we started, never a recycled pgid.
+
+    Same boot; and the leader alive with the recorded start time, or (leader gone) every member started
+    no earlier than it did. A pid is never reused while a process group of that id has members.
+    """
+    if not record.boot_id or record.boot_id != current_boot:
+        return False
+    leader_ticks = start_ticks(record.pgid)
+    if leader_ticks is not None:
+        return leader_ticks == record.start_ticks
+    members = group_members(record.pgid)
+    return bool(members) and all((start_ticks(pid) or 0) >= record.start_ticks for pid in members)
+
+
+async def reap_orphans(records: Sequence[ProcessGroupRecord], grace: float) -> list[int]:
+    """Terminate the groups a previous run left behind (those still ours); returns the pgids signalled."""
+    current = boot_id()
+    ours = [r.pgid for r in records if await trio.to_thread.run_sync(is_ours, r, current)]
+    for record in records:
+        if record.pgid not in ours:
+            log.info("orphan record skipped: not ours any more", extra={"pgid": record.pgid})
+    if ours:
+        log.warning("reaping orphaned process groups", extra={"pgids": ours})
+        await terminate_groups(ours, trio.current_time() + grace)
+    return ours

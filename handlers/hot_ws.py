@@ -1,0 +1,199 @@
+"""Hot websocket routes served below ASGI (DESIGN.md convention 10): action output, and exec ("websocketd").
+
+``WS /api/v1/actions/{id}/output?framing=lines|chunks`` attaches to an action (replaying the ring first);
+``WS /api/v1/actions/exec?argv=CMD&argv=ARG...&framing=lines|chunks`` (admins) starts a process action owned
+by the caller and streams it; client messages go to its stdin, and the socket closing cancels it.
+Both close with 1000 and the result as compact JSON in the reason. docs/streaming.md describes them.
+"""
+
+from __future__ import annotations
+
+import http
+import json
+import logging
+import re
+from dataclasses import dataclass
+from http.cookies import CookieError, SimpleCookie
+from urllib.parse import parse_qs, urlsplit
+
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Request
+from wsproto.utilities import RemoteProtocolError
+
+from core.actions import Action
+from core.authz import Resource, Rule, authorize, register_action
+from core.errors import BadRequest, Forbidden, HearthError, Unauthenticated
+from core.principals import Credential, CredentialKind, Principal
+from core.services import Services
+from handlers.hot_socket import ChunkFramer, Framer, HotSocket, LineFramer
+
+log = logging.getLogger("hearth.hot")
+
+EXEC_PATH = b"/api/v1/actions/exec"
+_OUTPUT_PATH = re.compile(rb"/api/v1/actions/([A-Za-z0-9_.-]{1,128})/output")
+ACCESS_COOKIE = "hearth_access"
+MAX_ARGV = 1024
+FACE = "actions"
+
+register_action("actions.exec", Rule("admin"))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What an accepted socket streams: ``owned`` actions were started for it and die with it."""
+
+    action: Action
+    framing: str
+    owned: bool
+
+    def framer(self) -> Framer:
+        return ChunkFramer() if self.framing == "chunks" else LineFramer()
+
+
+class HotWebsockets:
+    """The hot routes of one server: ``wants`` picks them by path, ``handle`` serves one connection."""
+
+    def __init__(self, svc: Services) -> None:
+        self._svc = svc
+        self._sockets: set[HotSocket] = set()
+
+    def wants(self, method: bytes, path: bytes) -> bool:
+        return method == b"GET" and (path == EXEC_PATH or _OUTPUT_PATH.fullmatch(path) is not None)
+
+    def going_away(self) -> None:
+        for sock in tuple(self._sockets):
+            sock.going_away()
+
+    async def handle(self, stream: trio.SocketStream, data: bytes) -> None:
+        """Serve one connection whose first bytes (a complete request head, maybe more) are ``data``."""
+        ws = WSConnection(ConnectionType.SERVER)
+        try:
+            request = _handshake(ws, data)
+            plan = await self._prepare(request)
+        except HearthError as e:
+            await _refuse(stream, e.status, e.detail)
+            return
+        except Exception:
+            log.exception("hot websocket handshake failed")
+            await _refuse(stream, 500, "internal error")
+            return
+        try:
+            await self._serve(stream, ws, plan)
+        finally:
+            if plan.owned:
+                plan.action.cancel("the websocket closed")
+
+    async def _serve(self, stream: trio.SocketStream, ws: WSConnection, plan: Plan) -> None:
+        await stream.send_all(ws.send(AcceptConnection()))
+        sock = HotSocket(stream, ws, max_message_bytes=self._svc.settings.server.max_ws_message_bytes)
+        gauge = self._svc.metrics.websockets_open.labels(face=FACE)
+        self._sockets.add(sock)
+        gauge.inc()
+        try:
+            await sock.run(plan.action, plan.framer(), stdin=plan.action if plan.owned else None)
+        finally:
+            gauge.dec()
+            self._sockets.discard(sock)
+
+    async def _prepare(self, request: Request) -> Plan:
+        """Authenticate, authorize and find (or start) the action; a HearthError refuses the upgrade."""
+        principal = await self._authenticate(request)
+        path, _, query = request.target.partition("?")
+        params = parse_qs(query, keep_blank_values=True)
+        framing = _framing(params)
+        if path.encode() == EXEC_PATH:
+            return Plan(await self._start(principal, params), framing, owned=True)
+        action = self._svc.actions.get(path.split("/")[-2])
+        authorize(principal, "actions.read", Resource(kind="action", owner=action.owner, id=action.id))
+        return Plan(action, framing, owned=False)
+
+    async def _start(self, principal: Principal, params: dict[str, list[str]]) -> Action:
+        authorize(principal, "actions.start")
+        authorize(principal, "actions.exec")
+        argv = params.get("argv", [])
+        if not argv or not argv[0]:
+            raise BadRequest("argv is required: ?argv=PROGRAM&argv=ARG...")
+        if len(argv) > MAX_ARGV:
+            raise BadRequest(f"at most {MAX_ARGV} argv values")
+        return await self._svc.actions.start_process(argv, owner=principal.name)
+
+    async def _authenticate(self, request: Request) -> Principal:
+        headers = {name.lower(): value.decode("latin-1") for name, value in request.extra_headers}
+        credential = credential_from_headers(headers)
+        if credential is None:
+            raise Unauthenticated("authentication required")
+        if credential.kind is CredentialKind.COOKIE:
+            self._check_origin(headers.get(b"origin"), request.host)
+        return await self._svc.auth.authenticate(credential)
+
+    def _check_origin(self, origin: str | None, host: str) -> None:
+        """A cookie is sent by browsers from any page: only same-origin pages or allowed origins may use it."""
+        if origin is None:
+            raise Forbidden("cookie authentication needs an Origin header")
+        if origin in self._svc.settings.auth.allowed_origins:
+            return
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or parts.netloc.lower() != host.lower():
+            raise Forbidden(f"origin {origin} is not allowed")
+
+
+def credential_from_headers(headers: dict[bytes, str]) -> Credential | None:
+    """Authorization: Bearer, then X-API-Key, then the ``hearth_access`` cookie (header names lower-case)."""
+    scheme, _, value = headers.get(b"authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return Credential(CredentialKind.BEARER, value.strip())
+    if key := headers.get(b"x-api-key", "").strip():
+        return Credential(CredentialKind.API_KEY, key)
+    if cookie := _cookie(headers.get(b"cookie", ""), ACCESS_COOKIE):
+        return Credential(CredentialKind.COOKIE, cookie)
+    return None
+
+
+def _cookie(header: str, name: str) -> str:
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(header)
+    except CookieError:
+        return ""
+    morsel = jar.get(name)
+    return morsel.value if morsel is not None else ""
+
+
+def _framing(params: dict[str, list[str]]) -> str:
+    framing = params.get("framing", ["lines"])[-1]
+    if framing not in ("lines", "chunks"):
+        raise BadRequest("framing must be lines or chunks")
+    return framing
+
+
+def _handshake(ws: WSConnection, data: bytes) -> Request:
+    """The upgrade request in ``data``; a malformed upgrade is refused with 400 (426 for a wrong version)."""
+    try:
+        ws.receive_data(data)
+        events = list(ws.events())
+    except RemoteProtocolError as e:
+        hint = getattr(e.event_hint, "status_code", 400)
+        raise _UpgradeRefused(hint, str(e)) from None
+    if not events or not isinstance(events[0], Request):
+        raise _UpgradeRefused(400, "not a websocket upgrade")
+    return events[0]
+
+
+class _UpgradeRefused(HearthError):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
+async def _refuse(stream: trio.SocketStream, status: int, detail: str) -> None:
+    """A plain HTTP error instead of the upgrade, JSON ``{"detail": ...}`` like every REST error."""
+    body = json.dumps({"detail": detail}).encode()
+    phrase = http.HTTPStatus(status).phrase if status in http.HTTPStatus._value2member_map_ else "Error"
+    extra = "sec-websocket-version: 13\r\n" if status == 426 else ""
+    head = (
+        f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        f"{extra}connection: close\r\n\r\n"
+    )
+    with trio.move_on_after(5):
+        await stream.send_all(head.encode() + body)

@@ -1,0 +1,387 @@
+"""The hot websocket routes (exec and output attach) against a real server, with trio-websocket and websocat."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+import pytest
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    WebSocketConnection,
+    open_websocket_url,
+)
+
+from core.actions import Action
+from core.api_keys import NewKey
+from core.auth import LOCAL_ADMIN
+from core.errors import ActionNotFound
+from tests.conftest import RunningServer
+
+PY = sys.executable
+WEBSOCAT = shutil.which("websocat") or os.path.join(os.path.dirname(PY), "websocat")
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass
+class Closed:
+    """What a client saw: the messages, then the close code and reason."""
+
+    messages: list[str | bytes]
+    code: int
+    reason: str
+
+    @property
+    def result(self) -> dict[str, object]:
+        decoded: dict[str, object] = json.loads(self.reason)
+        return decoded
+
+
+async def api_key(server: RunningServer, user: str = "admin") -> str:
+    return (await server.services.auth.keys.create(LOCAL_ADMIN, NewKey(user=user))).raw
+
+
+async def member_key(server: RunningServer, name: str = "bob") -> str:
+    await server.services.auth.create_user(LOCAL_ADMIN, name, "correct horse battery", "member")
+    return await api_key(server, name)
+
+
+def bearer(key: str) -> Headers:
+    return [(b"Authorization", f"Bearer {key}".encode())]
+
+
+def exec_url(server: RunningServer, *argv: str, framing: str = "lines") -> str:
+    query = urlencode([*(("argv", a) for a in argv), ("framing", framing)])
+    return f"{server.ws_url}/api/v1/actions/exec?{query}"
+
+
+def output_url(server: RunningServer, action_id: str, framing: str = "lines") -> str:
+    return f"{server.ws_url}/api/v1/actions/{action_id}/output?framing={framing}"
+
+
+@asynccontextmanager
+async def connect(url: str, headers: Headers) -> AsyncIterator[WebSocketConnection]:
+    async with open_websocket_url(url, extra_headers=headers, connect_timeout=10, disconnect_timeout=5) as ws:
+        yield ws
+
+
+async def read_all(ws: WebSocketConnection) -> Closed:
+    """Every message until the server closes (bounded by the test's timeout)."""
+    messages: list[str | bytes] = []
+    with trio.fail_after(20):
+        while True:
+            try:
+                messages.append(await ws.get_message())
+            except ConnectionClosed as e:
+                return Closed(messages, e.reason.code, e.reason.reason or "")
+
+
+async def run_exec(server: RunningServer, key: str, *argv: str, framing: str = "lines") -> Closed:
+    async with connect(exec_url(server, *argv, framing=framing), bearer(key)) as ws:
+        return await read_all(ws)
+
+
+async def refused(url: str, headers: Headers) -> int:
+    with trio.fail_after(10), pytest.raises(ConnectionRejected) as info:
+        async with connect(url, headers):
+            pass
+    status: int = info.value.status_code
+    return status
+
+
+async def only_action(server: RunningServer) -> Action:
+    (action,) = server.services.actions.list()
+    return action
+
+
+def python(code: str) -> list[str]:
+    return [PY, "-c", code]
+
+
+# -- exec: frames, results, stdin ------------------------------------------------------------------------
+
+
+async def test_exec_lines_one_text_message_per_line(server: RunningServer) -> None:
+    key = await api_key(server)
+    code = (
+        "import sys; sys.stdout.write('one\\ntwo\\r\\n\\nthree'); sys.stdout.flush(); "
+        "sys.stdout.buffer.write(b'\\nbad \\xff byte\\n')"
+    )
+    closed = await run_exec(server, key, *python(code))
+    assert closed.messages == ["one", "two", "", "three", "bad \ufffd byte"]
+    assert closed.code == 1000
+    assert closed.result == {"exit_code": 0}
+
+
+async def test_exec_lines_keep_stdout_and_stderr_lines_whole(server: RunningServer) -> None:
+    key = await api_key(server)
+    code = "import sys; print('out-a', end='', flush=True); print('err', file=sys.stderr, flush=True); print('-b')"
+    closed = await run_exec(server, key, *python(code))
+    assert sorted(closed.messages) == ["err", "out-a-b"]  # type: ignore[type-var]
+
+
+async def test_exec_chunks_are_binary_messages_up_to_32k(server: RunningServer) -> None:
+    key = await api_key(server)
+    code = "import sys; sys.stdout.buffer.write(bytes(range(256)) * 1024)"  # 256 KiB
+    closed = await run_exec(server, key, *python(code), framing="chunks")
+    assert all(isinstance(m, bytes) and 0 < len(m) <= 32 * 1024 for m in closed.messages)
+    assert b"".join(m for m in closed.messages if isinstance(m, bytes)) == bytes(range(256)) * 1024
+    assert closed.result == {"exit_code": 0}
+
+
+async def test_exec_close_reason_carries_the_exit_code(server: RunningServer) -> None:
+    closed = await run_exec(server, await api_key(server), "sh", "-c", "echo bye; exit 3")
+    assert closed.messages == ["bye"]
+    assert (closed.code, closed.result) == (1000, {"exit_code": 3})
+
+
+async def test_exec_close_reason_carries_a_start_error(server: RunningServer) -> None:
+    closed = await run_exec(server, await api_key(server), "/nonexistent/program")
+    assert closed.code == 1000
+    assert "error" in closed.result
+    assert len(closed.reason.encode()) <= 123
+
+
+async def test_exec_close_reason_carries_the_signal(server: RunningServer) -> None:
+    closed = await run_exec(server, await api_key(server), "sh", "-c", "kill -9 $$")
+    assert closed.result == {"signal": 9}
+
+
+async def test_exec_client_messages_go_to_stdin(server: RunningServer) -> None:
+    key = await api_key(server)
+    async with connect(exec_url(server, "cat"), bearer(key)) as ws:
+        await ws.send_message("hello\n")
+        await ws.send_message(b"bytes too\n")
+        with trio.fail_after(10):
+            assert await ws.get_message() == "hello"
+            assert await ws.get_message() == "bytes too"
+        await ws.send_message(b"")  # an empty binary message closes stdin: cat ends
+        closed = await read_all(ws)
+    assert closed.result == {"exit_code": 0}
+
+
+async def test_exec_client_close_kills_the_process_group(server: RunningServer) -> None:
+    key = await api_key(server)
+    script = "sleep 60 & echo $$ $!; wait"
+    async with connect(exec_url(server, "sh", "-c", script), bearer(key)) as ws:
+        with trio.fail_after(10):
+            leader, child = (int(p) for p in str(await ws.get_message()).split())
+    action = await only_action(server)
+    with trio.fail_after(10):
+        result = await action.wait_result()
+    assert result.cancelled
+    for pid in (leader, child):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+async def test_exec_vanished_client_kills_the_process(server: RunningServer) -> None:
+    key = await api_key(server)
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    request = (
+        f"GET /api/v1/actions/exec?argv=sleep&argv=60 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        f"Authorization: Bearer {key}\r\n\r\n"
+    )
+    await stream.send_all(request.encode())
+    with trio.fail_after(10):
+        assert (await stream.receive_some(4096)).startswith(b"HTTP/1.1 101 ")
+    await stream.aclose()  # no close frame: the TCP connection just goes away
+    with trio.fail_after(10):
+        result = await (await only_action(server)).wait_result()
+    assert result.cancelled
+
+
+async def test_exec_answers_pings(server: RunningServer) -> None:
+    async with connect(exec_url(server, "sleep", "30"), bearer(await api_key(server))) as ws:
+        with trio.fail_after(10):
+            await ws.ping(b"are you there")
+
+
+async def test_exec_counts_open_websockets(server: RunningServer) -> None:
+    gauge = server.services.metrics.websockets_open.labels(face="actions")
+    async with connect(exec_url(server, "sleep", "30"), bearer(await api_key(server))) as ws:
+        await ws.ping()
+        assert gauge._value.get() == 1
+    with trio.fail_after(10):
+        while gauge._value.get() != 0:
+            await trio.sleep(0.01)
+
+
+async def test_exec_read_with_websocat(server: RunningServer) -> None:
+    key = await api_key(server)
+    url = exec_url(server, "seq", "1", "2000")
+    with trio.fail_after(30):
+        done = await trio.run_process(
+            [WEBSOCAT, "-U", "-n", url, f"-H=Authorization: Bearer {key}"],
+            stdin=subprocess.DEVNULL,
+            capture_stdout=True,
+        )
+    assert done.stdout.decode().split("\n")[:-1] == [str(i) for i in range(1, 2001)]
+
+
+async def test_exec_chunks_read_with_websocat(server: RunningServer) -> None:
+    key = await api_key(server)
+    url = exec_url(server, "head", "-c", "1000000", "/dev/zero", framing="chunks")
+    with trio.fail_after(30):
+        done = await trio.run_process(
+            [WEBSOCAT, "-b", "-U", "-n", url, f"-H=Authorization: Bearer {key}"],
+            stdin=subprocess.DEVNULL,
+            capture_stdout=True,
+        )
+    assert done.stdout == b"\0" * 1_000_000
+
+
+# -- limits ----------------------------------------------------------------------------------------------
+
+
+async def test_exec_ten_mib_client_frame_is_closed_1009(server: RunningServer) -> None:
+    async with connect(exec_url(server, "sh", "-c", "cat >/dev/null"), bearer(await api_key(server))) as ws:
+        with trio.fail_after(20):
+            try:
+                await ws.send_message(b"x" * (10 * 1024 * 1024))
+            except ConnectionClosed:
+                pass
+            closed = await read_all(ws)
+    assert closed.code == 1009
+    with trio.fail_after(10):
+        assert (await (await only_action(server)).wait_result()).cancelled
+
+
+async def test_output_ten_mib_client_frame_is_closed_1009(server: RunningServer) -> None:
+    action = await server.services.actions.start_process(["sleep", "30"], owner="admin")
+    async with connect(output_url(server, action.id), bearer(await api_key(server))) as ws:
+        with trio.fail_after(20):
+            try:
+                await ws.send_message("y" * (10 * 1024 * 1024))
+            except ConnectionClosed:
+                pass
+            closed = await read_all(ws)
+    assert closed.code == 1009
+    assert action.result is None  # attaching never owns the action
+    action.cancel()
+
+
+# -- attach to a running action --------------------------------------------------------------------------
+
+
+async def test_output_replays_then_follows_then_closes_with_result(server: RunningServer) -> None:
+    code = "import sys; print('early', flush=True); sys.stdin.readline(); print('late'); sys.exit(4)"
+    action = await server.services.actions.start_process(python(code), owner="admin")
+    async with connect(output_url(server, action.id), bearer(await api_key(server))) as ws:
+        with trio.fail_after(10):
+            assert await ws.get_message() == "early"
+        await action.send_stdin(b"go\n")
+        closed = await read_all(ws)
+    assert closed.messages == ["late"]
+    assert closed.result == {"exit_code": 4}
+
+
+async def test_output_of_a_finished_action_replays_and_closes(server: RunningServer) -> None:
+    action = await server.services.actions.start_process(["printf", "a\\nb"], owner="admin")
+    with trio.fail_after(10):
+        await action.wait_result()
+    async with connect(output_url(server, action.id, "chunks"), bearer(await api_key(server))) as ws:
+        closed = await read_all(ws)
+    assert closed.messages == [b"a\nb"]
+    assert closed.result == {"exit_code": 0}
+
+
+async def test_output_client_messages_do_not_reach_stdin(server: RunningServer) -> None:
+    action = await server.services.actions.start_process(["cat"], owner="admin")
+    async with connect(output_url(server, action.id), bearer(await api_key(server))) as ws:
+        await ws.send_message("ignored\n")
+        await ws.ping()
+    await action.close_stdin()
+    with trio.fail_after(10):
+        assert (await action.wait_result()).exit_code == 0
+    async with connect(output_url(server, action.id), bearer(await api_key(server))) as ws:
+        assert (await read_all(ws)).messages == []
+
+
+async def test_output_member_reads_own_action_but_not_others(server: RunningServer) -> None:
+    bob = await member_key(server, "bob")
+    own = await server.services.actions.start_process(["echo", "mine"], owner="bob")
+    other = await server.services.actions.start_process(["echo", "theirs"], owner="admin")
+    async with connect(output_url(server, own.id), bearer(bob)) as ws:
+        assert (await read_all(ws)).messages == ["mine"]
+    assert await refused(output_url(server, other.id), bearer(bob)) == 403
+
+
+async def test_output_unknown_action_is_404(server: RunningServer) -> None:
+    with pytest.raises(ActionNotFound):
+        server.services.actions.get("0123456789abcdef")
+    assert await refused(output_url(server, "0123456789abcdef"), bearer(await api_key(server))) == 404
+
+
+# -- refusals before the upgrade -------------------------------------------------------------------------
+
+
+async def test_unauthenticated_upgrade_is_401(server: RunningServer) -> None:
+    assert await refused(exec_url(server, "true"), []) == 401
+    assert await refused(output_url(server, "0123456789abcdef"), []) == 401
+    assert server.services.actions.list() == []
+
+
+async def test_bad_key_is_401(server: RunningServer) -> None:
+    assert await refused(exec_url(server, "true"), bearer("hearth_" + "0" * 64)) == 401
+
+
+async def test_member_exec_is_403(server: RunningServer) -> None:
+    assert await refused(exec_url(server, "true"), bearer(await member_key(server))) == 403
+    assert server.services.actions.list() == []
+
+
+async def test_exec_without_argv_is_400(server: RunningServer) -> None:
+    assert await refused(f"{server.ws_url}/api/v1/actions/exec", bearer(await api_key(server))) == 400
+
+
+async def test_unknown_framing_is_400(server: RunningServer) -> None:
+    assert await refused(exec_url(server, "true", framing="jpeg"), bearer(await api_key(server))) == 400
+
+
+async def test_x_api_key_header_authenticates(server: RunningServer) -> None:
+    async with connect(exec_url(server, "echo", "hi"), [(b"X-API-Key", (await api_key(server)).encode())]) as ws:
+        assert (await read_all(ws)).messages == ["hi"]
+
+
+def cookie_headers(server: RunningServer, origin: str) -> Headers:
+    token = server.services.auth.tokens.issue("admin", "admin")
+    return [(b"Cookie", f"hearth_access={token}".encode()), (b"Origin", origin.encode())]
+
+
+async def test_cookie_with_same_origin_is_accepted(server: RunningServer) -> None:
+    headers = cookie_headers(server, f"http://127.0.0.1:{server.port}")
+    async with connect(exec_url(server, "echo", "cookie"), headers) as ws:
+        assert (await read_all(ws)).messages == ["cookie"]
+
+
+async def test_cookie_with_foreign_origin_is_403(server: RunningServer) -> None:
+    assert await refused(exec_url(server, "true"), cookie_headers(server, "http://evil.example")) == 403
+    assert await refused(exec_url(server, "true"), cookie_headers(server, "null")) == 403
+    assert server.services.actions.list() == []
+
+
+async def test_cookie_without_origin_is_403(server: RunningServer) -> None:
+    token = server.services.auth.tokens.issue("admin", "admin")
+    assert await refused(exec_url(server, "true"), [(b"Cookie", f"hearth_access={token}".encode())]) == 403
+
+
+async def test_malformed_upgrade_is_400(server: RunningServer) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        await stream.send_all(
+            b"GET /api/v1/actions/exec?argv=true HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n"  # no key
+        )
+        with trio.fail_after(10):
+            answer = await stream.receive_some(4096)
+    assert answer.startswith(b"HTTP/1.1 400 ")

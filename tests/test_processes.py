@@ -1,0 +1,173 @@
+"""Process groups on Linux: new sessions, members, the ownership check before reaping, orphan reaping."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import trio
+
+from core.errors import ProcessStartError
+from core.processes import (
+    ProcessGroup,
+    ProcessSpec,
+    boot_id,
+    group_members,
+    is_alive,
+    is_ours,
+    reap_orphans,
+    start_error,
+    start_ticks,
+)
+from storage.process_groups import ProcessGroupRecord
+
+
+def record_for(pgid: int, *, ticks: int | None = None, boot: str | None = None) -> ProcessGroupRecord:
+    return ProcessGroupRecord(
+        pgid=pgid,
+        action_id="a1",
+        argv=["sleep"],
+        started_at="2024-01-01T00:00:00+00:00",
+        boot_id=boot_id() if boot is None else boot,
+        start_ticks=(start_ticks(pgid) or 0) if ticks is None else ticks,
+    )
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    """A `sleep` leading its own session, as a crashed Hearth would have left it."""
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def wait_for_members(pgid: int, count: int) -> list[int]:
+    for _ in range(200):
+        members = group_members(pgid)
+        if len(members) >= count:
+            return members
+        time.sleep(0.01)
+    raise AssertionError(f"group {pgid} never had {count} members")
+
+
+def test_spec_refuses_invalid_values() -> None:
+    cases: list[dict[str, Any]] = [{"argv": []}, {"argv": [""]}, {"argv": ["a\0"]}, {"argv": ["a"], "cwd": "x\0"}]
+    for kwargs in cases:
+        with pytest.raises(ProcessStartError):
+            ProcessSpec(**kwargs)
+    with pytest.raises(ProcessStartError):
+        ProcessSpec(argv=["a"], env={"": "1"})
+    with pytest.raises(ProcessStartError):
+        ProcessSpec(argv=["a"], timeout=-1)
+    assert ProcessSpec(argv=["a"], env={"K": "v"}, timeout=1.5).timeout == 1.5
+
+
+def test_start_error_names_program_and_file() -> None:
+    try:
+        os.stat("/nonexistent/program")
+    except OSError as e:
+        message = start_error("prog", e)
+    assert message == "cannot start 'prog': No such file or directory (/nonexistent/program)"
+
+
+def test_boot_id_and_start_ticks_come_from_proc() -> None:
+    assert len(boot_id()) == 36
+    assert start_ticks(os.getpid()) == start_ticks(os.getpid())
+    assert start_ticks(2**22 + 12345) is None
+
+
+async def test_spawned_process_leads_its_own_session_and_group() -> None:
+    group = await ProcessGroup.spawn(ProcessSpec(argv=["sleep", "30"]))
+    try:
+        assert os.getpgid(group.pgid) == group.pgid
+        assert os.getsid(group.pgid) == group.pgid
+        assert os.getpgid(0) != group.pgid
+        assert group.start_ticks == start_ticks(group.pgid)
+    finally:
+        await group.aclose()
+    assert group.reaped
+    assert not is_alive(group.pgid)
+
+
+async def test_leader_exit_is_seen_before_reaping_so_the_pgid_stays_reserved() -> None:
+    group = await ProcessGroup.spawn(ProcessSpec(argv=["true"]))
+    await group.wait_leader_exit()
+    assert start_ticks(group.pgid) == group.start_ticks  # a zombie, still holding its pid
+    assert not is_alive(group.pgid)
+    assert await group.reap() == 0
+    assert start_ticks(group.pgid) is None
+    await group.aclose()
+
+
+def test_group_members_lists_children_and_skips_zombies(sleeper: subprocess.Popen[bytes]) -> None:
+    assert group_members(sleeper.pid) == [sleeper.pid]
+    sleeper.send_signal(signal.SIGKILL)
+    for _ in range(200):
+        if not group_members(sleeper.pid):
+            break
+        time.sleep(0.01)
+    assert group_members(sleeper.pid) == []  # a zombie until we wait for it, but not a member
+
+
+def test_is_ours_checks_boot_and_start_time(sleeper: subprocess.Popen[bytes]) -> None:
+    assert is_ours(record_for(sleeper.pid), boot_id())
+    assert not is_ours(record_for(sleeper.pid), "another-boot")
+    assert not is_ours(record_for(sleeper.pid, boot=""), boot_id())
+    assert not is_ours(record_for(sleeper.pid, ticks=(start_ticks(sleeper.pid) or 0) + 1), boot_id())
+
+
+def test_is_ours_with_leader_gone_accepts_members_started_later() -> None:
+    with subprocess.Popen(["sh", "-c", "sleep 60 & echo $!"], start_new_session=True, stdout=subprocess.PIPE) as leader:
+        assert leader.stdout is not None
+        child = int(leader.stdout.readline())
+        record = record_for(leader.pid)  # the leader may be a zombie already: its stat is still there
+    try:
+        assert record.start_ticks > 0
+        assert start_ticks(leader.pid) is None
+        assert group_members(leader.pid) == [child]
+        assert is_ours(record, boot_id())
+        assert not is_ours(record_for(leader.pid, ticks=(start_ticks(child) or 0) + 1), boot_id())
+    finally:
+        os.killpg(leader.pid, signal.SIGKILL)
+
+
+def test_is_ours_without_any_member_is_false() -> None:
+    proc = subprocess.Popen(["true"], start_new_session=True)
+    record = record_for(proc.pid)
+    proc.wait()
+    assert not is_ours(record, boot_id())
+
+
+def spawn_group_with_term_ignoring_child() -> tuple[subprocess.Popen[bytes], int]:
+    script = "(trap '' TERM; exec sleep 61) & echo $!; exec sleep 60"
+    leader = subprocess.Popen(["sh", "-c", script], start_new_session=True, stdout=subprocess.PIPE)
+    assert leader.stdout is not None
+    with leader.stdout:
+        return leader, int(leader.stdout.readline())
+
+
+async def test_reap_orphans_kills_whole_group_including_term_ignoring_members() -> None:
+    leader, child = spawn_group_with_term_ignoring_child()
+    try:
+        wait_for_members(leader.pid, 2)
+        reaped = await reap_orphans([record_for(leader.pid)], grace=0.3)
+        assert reaped == [leader.pid]
+        assert leader.wait(timeout=5) == -signal.SIGTERM
+        assert not is_alive(child)
+    finally:
+        if group_members(leader.pid):
+            os.killpg(leader.pid, signal.SIGKILL)
+        leader.wait()
+
+
+async def test_reap_orphans_leaves_a_recycled_pgid_alone(sleeper: subprocess.Popen[bytes]) -> None:
+    stale = record_for(sleeper.pid, ticks=(start_ticks(sleeper.pid) or 0) - 10)
+    assert await reap_orphans([stale], grace=0.3) == []
+    await trio.sleep(0.05)
+    assert sleeper.poll() is None
