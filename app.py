@@ -102,7 +102,9 @@ async def build_services(settings: Settings) -> Any:
     from core.bus import Bus
     from core.metrics import Metrics
     from core.services import Services
+    from core.systems import SystemsRegistry
 
+    catalogue = build_call_catalogue(settings)
     db = open_database(settings)
     metrics = Metrics()
     return Services(
@@ -112,7 +114,20 @@ async def build_services(settings: Settings) -> Any:
         actions=ActionManager(db, settings, metrics),
         bus=Bus(metrics),
         metrics=metrics,
+        calls=catalogue,
+        systems=SystemsRegistry(),
     )
+
+
+def build_call_catalogue(settings: Settings) -> Any:
+    """Built-in calls plus the administrator's commands; a command that cannot run stops the start (exit 2)."""
+    from core.builtin_calls import register_builtin_calls
+    from core.call_catalogue import CallCatalogue, load_commands
+
+    catalogue = CallCatalogue()
+    register_builtin_calls(catalogue)
+    load_commands(catalogue, settings.calls.commands)
+    return catalogue
 
 
 async def serve(settings: Settings, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:

@@ -176,11 +176,18 @@ class OutputHub:
         self._lock = trio.Lock()
         self._blocking: set[trio.CancelScope] = set()
         self._draining = False
-        self.closed = False
+        self._closed = trio.Event()
 
     @property
     def total_bytes(self) -> int:
         return self._ring.end_offset
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
 
     @property
     def reader_count(self) -> int:
@@ -220,7 +227,7 @@ class OutputHub:
 
     def close(self) -> None:
         """No more output: readers end once they have drained what is queued for them."""
-        self.closed = True
+        self._closed.set()
         for reader in self._readers:
             reader.send_channel.close()
 
@@ -246,8 +253,9 @@ class OutputHub:
 class DiskLog:
     """The action's output on disk, capped: the first ``max_bytes`` are kept, then a note says what was cut.
 
-    It is one more lossless reader of the hub, writing in batches on a worker thread; a gap it receives
-    (only possible while the action is being cancelled) is noted in the file too.
+    It is one more lossless reader of the hub, writing in batches on a worker thread, until the cap is
+    reached (then it detaches and counts the rest from offsets). A gap it receives (possible only while the
+    action is being cancelled) is noted in the file too.
     """
 
     def __init__(self, path: Path, max_bytes: int) -> None:
@@ -255,6 +263,7 @@ class DiskLog:
         self._max_bytes = max_bytes
         self.written = 0
         self.truncated = 0
+        self._seen = 0  # output offset up to which items were received
 
     async def run(self, hub: OutputHub, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Write until the hub closes; started once attached, so no output is missed."""
@@ -264,17 +273,21 @@ class DiskLog:
             log.warning("action log disabled: cannot open %s: %s", self.path, e.strerror)
             task_status.started()
             return
-        async with file, hub.open_reader(replay=False, lossless=True) as reader:
-            task_status.started()
+        async with file:
             try:
-                await self._copy(reader, file.write)
+                await self._write(hub, file.write, task_status)
             except OSError as e:
                 log.warning("action log stopped: cannot write %s: %s", self.path, e.strerror)
 
-    async def _copy(self, reader: OutputReader, write: Callable[[bytes], Awaitable[object]]) -> None:
-        while batch := await _next_batch(reader):
-            if kept := self._admit(batch):
-                await write(kept)
+    async def _write(
+        self, hub: OutputHub, write: Callable[[bytes], Awaitable[object]], task_status: trio.TaskStatus[None]
+    ) -> None:
+        async with hub.open_reader(replay=False, lossless=True) as reader:
+            task_status.started()
+            while self.written < self._max_bytes and (batch := await self._next_batch(reader)):
+                await write(self._admit(batch))
+        await hub.wait_closed()
+        self.truncated += hub.total_bytes - self._seen
         if self.truncated:
             await write(
                 f"\n[hearth: log truncated at {self._max_bytes} bytes; {self.truncated} more not kept]\n".encode()
@@ -286,6 +299,28 @@ class DiskLog:
         self.written += len(kept)
         self.truncated += len(batch) - len(kept)
         return kept
+
+    async def _next_batch(self, reader: OutputReader) -> bytes:
+        """Wait for one item, then take whatever else is ready (up to a bound); b"" at the end."""
+        try:
+            parts = [self._bytes(await reader.__anext__())]
+        except StopAsyncIteration:
+            return b""
+        size = len(parts[0])
+        while size < LOG_BATCH_BYTES:
+            try:
+                parts.append(self._bytes(reader.receive_nowait()))
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            size += len(parts[-1])
+        return b"".join(parts)
+
+    def _bytes(self, item: OutputItem) -> bytes:
+        if isinstance(item, OutputGap):
+            self._seen += item.missed_bytes
+            return f"\n[hearth: {item.missed_bytes} bytes missing here]\n".encode()
+        self._seen = item.offset + len(item.data)
+        return item.data
 
 
 async def iter_log(path: Path, chunk_bytes: int = 64 * 1024) -> AsyncIterator[bytes]:
@@ -304,25 +339,3 @@ def prepare_log_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     for stale in path.glob("*.log"):
         stale.unlink(missing_ok=True)
-
-
-async def _next_batch(reader: OutputReader) -> bytes:
-    """Wait for one item, then take whatever else is ready (up to a bound); b"" at the end."""
-    try:
-        parts = [_log_bytes(await reader.__anext__())]
-    except StopAsyncIteration:
-        return b""
-    size = len(parts[0])
-    while size < LOG_BATCH_BYTES:
-        try:
-            parts.append(_log_bytes(reader.receive_nowait()))
-        except (trio.WouldBlock, trio.EndOfChannel):
-            break
-        size += len(parts[-1])
-    return b"".join(parts)
-
-
-def _log_bytes(item: OutputItem) -> bytes:
-    if isinstance(item, OutputGap):
-        return f"\n[hearth: {item.missed_bytes} bytes missing here]\n".encode()
-    return item.data

@@ -10,12 +10,12 @@ import subprocess
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
 
 import msgspec
 import trio
 
 from core.errors import ProcessStartError
+from core.output import Stream
 from storage import process_groups
 from storage.database import Database
 from storage.process_groups import ProcessGroupRecord
@@ -26,7 +26,7 @@ PROC = Path("/proc")
 BOOT_ID_PATH = PROC / "sys/kernel/random/boot_id"
 POLL_SECONDS = 0.02
 AFTER_KILL_SECONDS = 5.0  # how long SIGKILLed processes get to vanish before we stop watching
-Publish = Callable[[Literal["stdout", "stderr"], bytes], Awaitable[None]]
+Publish = Callable[[Stream, bytes], Awaitable[None]]
 
 
 class ProcessSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -141,7 +141,7 @@ class ProcessGroup:
         self.argv = argv
         self.pgid = process.pid
         self.start_ticks = start_ticks(process.pid) or 0
-        self._pidfd: int | None = os.pidfd_open(process.pid)
+        self._pidfd = _open_pidfd(process.pid)
         self.term_sent_at: float | None = None
         self.reaped = False
 
@@ -182,6 +182,11 @@ class ProcessGroup:
         """Return once the leader has exited (without reaping it)."""
         if self._pidfd is not None:
             await trio.lowlevel.wait_readable(self._pidfd)
+            return
+        while True:  # no pidfd (old kernel, seccomp): poll, without reaping
+            if _has_exited(self.pgid):
+                return
+            await trio.sleep(POLL_SECONDS)
 
     def terminate(self) -> None:
         """SIGTERM the group (once); the caller decides when to ``kill``."""
@@ -253,9 +258,21 @@ class ProcessGroup:
         self.kill()
 
 
-async def _pump(stream: trio.abc.ReceiveStream, name: Literal["stdout", "stderr"], publish: Publish, size: int) -> None:
+async def _pump(stream: trio.abc.ReceiveStream, name: Stream, publish: Publish, size: int) -> None:
     while data := await stream.receive_some(size):
         await publish(name, bytes(data))
+
+
+def _open_pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None
+
+
+def _has_exited(pid: int) -> bool:
+    """Whether our child ``pid`` has exited, leaving it unreaped (WNOWAIT); never blocks (WNOHANG)."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
 def is_ours(record: ProcessGroupRecord, current_boot: str) -> bool:

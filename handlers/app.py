@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from core.errors import HearthError
 from core.metrics import Metrics
 from core.services import Services
-from handlers import actions, auth, health, keys
+from handlers import actions, auth, distillery, health, keys
 from handlers.common import error_response, json_response
 from handlers.openapi import build_document
 
@@ -25,7 +25,7 @@ def create_app(svc: Services) -> QuartTrio:
     app = QuartTrio("hearth", static_folder=None)
     app.config["HEARTH_SERVICES"] = svc
     app.config["MAX_CONTENT_LENGTH"] = svc.settings.server.max_body_bytes
-    for module in (health, auth, keys, actions):
+    for module in (health, auth, keys, actions, distillery):
         app.register_blueprint(module.blueprint)
     _install_error_handlers(app, svc.settings.server.max_body_bytes)
     _install_request_metrics(app, svc.metrics)

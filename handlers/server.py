@@ -25,6 +25,8 @@ log = logging.getLogger("hearth.server")
 
 MAX_HEAD_BYTES = 16 * 1024  # the same limit hypercorn's h11 parser applies to a request head
 RECEIVE_BYTES = 64 * 1024
+LINGER_SECONDS = 2.0  # after an error answer: how long we read (and drop) what the client still sends
+LINGER_BYTES = 1024 * 1024
 _UPGRADE_WEBSOCKET = re.compile(rb"\nupgrade:[^\r\n]*websocket", re.IGNORECASE)
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
@@ -57,7 +59,7 @@ class ReplayStream(trio.abc.HalfCloseableStream):
     """A socket stream whose first reads return ``prefix`` (the bytes the accept loop already consumed).
 
     hypercorn's ``TCPServer`` uses ``socket``, ``receive_some``, ``send_all``, ``send_eof`` and ``aclose``;
-    having no ``do_handshake`` tells it the stream is not TLS."""
+    having no ``do_handshake`` tells it the stream is not TLS. Closing is shielded from cancellation."""
 
     def __init__(self, stream: trio.SocketStream, prefix: bytes) -> None:
         self.transport = stream
@@ -82,10 +84,14 @@ class ReplayStream(trio.abc.HalfCloseableStream):
         await self.transport.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
-        await self.transport.send_eof()
+        # Shielded: hypercorn closes a ``Connection: close`` response's connection from a task quart-trio is
+        # already cancelling; unshielded, the first checkpoint would skip the close and leave the client waiting.
+        with trio.CancelScope(shield=True):
+            await self.transport.send_eof()
 
     async def aclose(self) -> None:
-        await self.transport.aclose()
+        with trio.CancelScope(shield=True):
+            await linger_close(self.transport)
 
 
 class RequestHead:
@@ -164,8 +170,23 @@ class ConnectionRouter:
 
 
 async def _answer(stream: trio.SocketStream, response: bytes) -> None:
-    with trio.move_on_after(1):
+    with trio.move_on_after(LINGER_SECONDS):
         await stream.send_all(response)
+    await linger_close(stream)
+
+
+async def linger_close(stream: trio.SocketStream) -> None:
+    """Close after reading (and dropping) what the client still sends, for a bounded time and size: closing a
+    socket with unread data sends a reset, which can destroy a response the client has not read yet."""
+    with trio.move_on_after(LINGER_SECONDS):
+        try:
+            await stream.send_eof()
+            drained = 0
+            while drained < LINGER_BYTES and (chunk := await stream.receive_some(RECEIVE_BYTES)):
+                drained += len(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            pass
+    await stream.aclose()
 
 
 def open_listeners(config: HypercornConfig) -> tuple[list[trio.SocketListener], list[str]]:

@@ -84,11 +84,41 @@ def _m004_process_group_start_ticks(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE process_groups ADD COLUMN start_ticks INTEGER NOT NULL DEFAULT 0")
 
 
+def _m005_distillery(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """CREATE TABLE news (
+            id INTEGER PRIMARY KEY,
+            title TEXT NOT NULL,
+            body TEXT NOT NULL,
+            date TEXT NOT NULL,
+            author TEXT NOT NULL DEFAULT ''
+        )"""
+    )
+    db.execute("CREATE INDEX news_date ON news(date)")
+    db.execute(
+        """CREATE TABLE call_history (
+            id INTEGER PRIMARY KEY,
+            principal TEXT NOT NULL,
+            user_name TEXT NOT NULL DEFAULT '',
+            call TEXT NOT NULL,
+            params TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            ended_at TEXT,
+            outcome TEXT NOT NULL DEFAULT 'running',
+            message TEXT NOT NULL DEFAULT '',
+            bytes_in INTEGER NOT NULL DEFAULT 0,
+            bytes_out INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+    db.execute("CREATE INDEX call_history_user ON call_history(user_name, id)")
+
+
 MIGRATIONS: list[Migration] = [
     _m001_principals,
     _m002_process_groups,
     _m003_audit,
     _m004_process_group_start_ticks,
+    _m005_distillery,
 ]
 
 

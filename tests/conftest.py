@@ -66,3 +66,14 @@ async def server(nursery: trio.Nursery, data_dir: Path) -> AsyncIterator[Running
     running = await start_server(nursery, make_settings(data_dir))
     yield running
     running.cancel_scope.cancel()
+
+
+async def api_key_for(server: RunningServer, name: str, role: str = "member") -> str:
+    """Create user ``name`` with ``role`` and return a fresh API key of theirs (no login round trip)."""
+    from core.api_keys import NewKey
+    from core.auth import LOCAL_ADMIN
+
+    auth = server.services.auth
+    await auth.create_user(LOCAL_ADMIN, name, "a long enough password", role)  # type: ignore[arg-type]
+    created = await auth.keys.create(LOCAL_ADMIN, NewKey(user=name))
+    return created.raw

@@ -102,9 +102,7 @@ async def test_start_refuses_malformed_json(server: RunningServer, admin: dict[s
     assert response.status_code == 400
 
 
-async def test_missing_program_is_a_finished_action_with_an_error(
-    server: RunningServer, admin: dict[str, str]
-) -> None:
+async def test_missing_program_is_a_finished_action_with_an_error(server: RunningServer, admin: dict[str, str]) -> None:
     response = await start(server, admin, argv=["/no/such/program"])
     assert response.status_code == 201
     done = await finished(server, admin, response.json()["id"])

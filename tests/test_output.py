@@ -216,3 +216,20 @@ async def test_disk_log_in_a_missing_directory_is_skipped(tmp_path: Path) -> Non
         hub.close()
     assert hub.reader_count == 0
     assert not (tmp_path / "missing").exists()
+
+
+async def test_disk_log_detaches_once_full_and_counts_the_rest(tmp_path: Path) -> None:
+    hub = OutputHub(ring_bytes=16, queue_chunks=2)
+    disk = DiskLog(tmp_path / "a.log", 4)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(disk.run, hub)
+        await hub.publish("stdout", b"abcdef")
+        for _ in range(500):  # the write runs on a worker thread
+            if hub.reader_count == 0:
+                break
+            await trio.sleep(0.01)
+        assert hub.reader_count == 0  # no more wake-ups per chunk once the cap is reached
+        for _ in range(10):
+            await hub.publish("stdout", b"x" * 100)
+        hub.close()
+    assert (tmp_path / "a.log").read_bytes() == b"abcd\n[hearth: log truncated at 4 bytes; 1002 more not kept]\n"

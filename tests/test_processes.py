@@ -105,6 +105,15 @@ async def test_leader_exit_is_seen_before_reaping_so_the_pgid_stays_reserved() -
     await group.aclose()
 
 
+async def test_leader_exit_is_seen_without_a_pidfd_too() -> None:
+    group = await ProcessGroup.spawn(ProcessSpec(argv=["sh", "-c", "exit 5"]))
+    group.close()  # as on a kernel without pidfd_open: the leader is polled instead
+    await group.wait_leader_exit()
+    assert start_ticks(group.pgid) == group.start_ticks
+    assert await group.reap() == 5
+    await group.aclose()
+
+
 def test_group_members_lists_children_and_skips_zombies(sleeper: subprocess.Popen[bytes]) -> None:
     assert group_members(sleeper.pid) == [sleeper.pid]
     sleeper.send_signal(signal.SIGKILL)
