@@ -351,10 +351,13 @@ class ActionManager:
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the action's time limit, not this call's
+        inherit_env: bool = True,
     ) -> Action:
         """Start ``argv`` in its own process group. Invalid arguments raise ProcessStartError; a program or cwd
         that cannot be started gives an action already finished with ``result.error`` set."""
-        spec = ProcessSpec(argv=list(argv), cwd=cwd, env=None if env is None else dict(env), timeout=timeout)
+        spec = ProcessSpec(
+            argv=list(argv), cwd=cwd, env=None if env is None else dict(env), timeout=timeout, inherit_env=inherit_env
+        )
         action = ProcessAction(
             spec, self._db, name=name or argv[0], owner=owner, settings=self._settings, log_dir=self.log_dir
         )

@@ -122,6 +122,7 @@ def command_call(name: str, command: CommandSettings) -> CallSpec:
             cwd=command.cwd,
             env=command_environment(command),
             timeout=command.timeout,
+            inherit_env=False,
         )
 
     return CallSpec(

@@ -55,8 +55,8 @@ class ActionSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     kill_grace_seconds: float = 5.0
     ring_bytes: int = 256 * 1024
     log_max_bytes: int = 8 * 1024 * 1024
-    reader_queue_chunks: int = 64
-    read_chunk_bytes: int = 64 * 1024
+    reader_queue_chunks: int = 16
+    read_chunk_bytes: int = 256 * 1024  # pipes are grown to this (core/processes.grow_pipe); see docs/streaming.md
     retain_finished: int = 200  # finished actions kept (info, ring, log file); the oldest go first
     retain_seconds: float = 3600.0  # and for at most this long after they ended
 

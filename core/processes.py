@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import logging
 import os
@@ -30,13 +32,15 @@ Publish = Callable[[Stream, bytes], Awaitable[None]]
 
 
 class ProcessSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """What to run. ``env`` is added to Hearth's own environment; ``timeout`` cancels the action after that
-    many seconds. Invalid values raise ProcessStartError (a 422 at the REST edge)."""
+    """What to run. ``env`` is added to Hearth's own environment, or is the whole environment when
+    ``inherit_env`` is false; ``timeout`` cancels the action after that many seconds. Invalid values raise
+    ProcessStartError (a 422 at the REST edge)."""
 
     argv: list[str]
     cwd: str | None = None
     env: dict[str, str] | None = None
     timeout: float | None = None
+    inherit_env: bool = True
 
     def __post_init__(self) -> None:
         if not self.argv or not self.argv[0]:
@@ -151,7 +155,7 @@ class ProcessGroup:
         process = await trio.lowlevel.open_process(
             spec.argv,
             cwd=spec.cwd,
-            env=None if spec.env is None else {**os.environ, **spec.env},
+            env=_environment(spec),
             start_new_session=True,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -235,6 +239,8 @@ class ProcessGroup:
 
         Returns the exit status (negative: the signal that killed it) and whether ``cancel`` was set before the
         leader exited (a cancel that comes later found the process already gone)."""
+        grow_pipe(self.process.stdout, chunk_bytes)
+        grow_pipe(self.process.stderr, chunk_bytes)
         async with trio.open_nursery() as pumps:
             if self.process.stdout is not None:
                 pumps.start_soon(_pump, self.process.stdout, "stdout", publish, chunk_bytes)
@@ -301,3 +307,23 @@ async def reap_orphans(records: Sequence[ProcessGroupRecord], grace: float) -> l
         log.warning("reaping orphaned process groups", extra={"pgids": ours})
         await terminate_groups(ours, trio.current_time() + grace)
     return ours
+
+
+def _environment(spec: ProcessSpec) -> dict[str, str] | None:
+    """None (inherit as is), Hearth's environment plus ``env``, or ``env`` alone."""
+    if not spec.inherit_env:
+        return dict(spec.env or {})
+    return None if spec.env is None else {**os.environ, **spec.env}
+
+
+DEFAULT_PIPE_BYTES = 64 * 1024
+
+
+def grow_pipe(pipe: trio.abc.ReceiveStream | None, size: int) -> None:
+    """Let the pipe hold ``size`` bytes, so one read can take a whole chunk (Linux pipes hold 64 KiB): fewer,
+    larger reads are what makes fast output cheap (docs/streaming.md). Best effort: a refusal (size over
+    /proc/sys/fs/pipe-max-size, per-user pipe limits) keeps the default."""
+    fileno = getattr(pipe, "fileno", None)
+    if fileno is not None and size > DEFAULT_PIPE_BYTES:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fileno(), fcntl.F_SETPIPE_SZ, size)

@@ -1,14 +1,15 @@
-"""One hot websocket after its handshake: a reader, an output pump and one writer that batches frames.
+"""One hot websocket after its handshake: a reader and a writer task sharing the socket (conventions 2, 10).
 
-DESIGN.md conventions 2 and 10: the reader decodes client frames (wsproto) and feeds the action's stdin; the
-pump turns output chunks into hand-built frames; the writer drains a bounded channel and writes everything
-ready in one ``send_all``. Whichever side ends first ends the others, within ``CLOSE_TIMEOUT_SECONDS``.
+The writer drains the action's output (a bounded channel in core), turns every chunk that is ready into
+hand-built frames and writes them with one vectored ``sendmsg``; the reader decodes client frames (wsproto),
+feeds the action's stdin and answers pings and close. Whichever ends first ends the other, leaving the
+close handshake at most ``CLOSE_TIMEOUT_SECONDS``.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
 from typing import Protocol
 
 import trio
@@ -31,21 +32,12 @@ from core.protocols.websocket_frames import (
 
 log = logging.getLogger("hearth.hot")
 
-OUTBOX_ITEMS = 16  # each item is the frames of one output chunk (about 64 KiB): the memory bound per socket
 MAX_BATCH_BYTES = 1024 * 1024  # the most one send_all writes
 RECEIVE_BYTES = 64 * 1024
 CLOSE_TIMEOUT_SECONDS = 5.0  # after a close frame: how long the peer gets to answer, and the writer to flush
 
 
-@dataclass(frozen=True)
-class Close:
-    """A close frame in the outbox: nothing the outbox holds after it is written."""
-
-    data: bytes
-
-
 Buffer = bytes | memoryview
-Outgoing = list[Buffer] | Close
 IOV_MAX = 1024  # buffers one sendmsg takes (Linux)
 
 
@@ -111,117 +103,138 @@ def result_reason(result: ActionResult, missed: int = 0) -> str:
 
 
 class HotSocket:
-    """An accepted websocket streaming one action; ``run`` returns when the connection is over."""
+    """An accepted websocket streaming one action; ``run`` returns when the connection is over.
+
+    Two tasks share the socket: the writer (output -> frames) and the reader (client frames -> stdin, and
+    the pongs and close answers it owes). Writes take ``_send_lock`` without yielding when it is free, so
+    the hot path pays no task switch for it; nothing is written after a close frame."""
 
     def __init__(self, stream: trio.SocketStream, ws: WSConnection, *, max_message_bytes: int) -> None:
         self._stream = stream
         self._ws = ws
         self._max_message = max_message_bytes
         self._message_bytes = 0
-        self._outbox, self._outbox_receive = trio.open_memory_channel[Outgoing](OUTBOX_ITEMS)
-        self._pump_scope = trio.CancelScope()
+        self._send_lock = trio.Lock()
+        self._writer_scope = trio.CancelScope()
         self._reader_scope = trio.CancelScope()
         self._going_away = False
         self._close_written = False
-        self.output_done = False
 
     def going_away(self) -> None:
         """The server is stopping: end the stream with close code 1001."""
         self._going_away = True
-        self._pump_scope.cancel()
+        self._writer_scope.cancel()
 
     async def run(self, action: Action, framer: Framer, *, stdin: Action | None) -> None:
         """Stream ``action`` with ``framer``; client messages go to ``stdin`` when given (else are dropped)."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._write_loop, nursery.cancel_scope)
-            nursery.start_soon(self._read_loop, stdin, self._outbox.clone(), nursery.cancel_scope)
-            nursery.start_soon(self._pump, action, framer, self._outbox.clone())
-            self._outbox.close()
+            nursery.start_soon(self._write_loop, action, framer, nursery.cancel_scope)
+            nursery.start_soon(self._read_loop, stdin, nursery.cancel_scope)
 
-    # -- the pump: output -> frames -------------------------------------------------------------------
+    # -- sending, from either task ---------------------------------------------------------------------
 
-    async def _pump(self, action: Action, framer: Framer, outbox: trio.MemorySendChannel[Outgoing]) -> None:
-        async with outbox:
-            code, reason = await self._pump_output(action, framer, outbox)
-            if self._pump_scope.cancelled_caught and not self._going_away:
-                return  # the reader ended first and closed
-            await self._queue_close(outbox, code, reason)
-        self._reader_scope.deadline = min(self._reader_scope.deadline, trio.current_time() + CLOSE_TIMEOUT_SECONDS)
-
-    async def _pump_output(
-        self, action: Action, framer: Framer, outbox: trio.MemorySendChannel[Outgoing]
-    ) -> tuple[int, str]:
+    async def _send(self, buffers: list[Buffer], *, close: bool = False) -> None:
         try:
-            with self._pump_scope:
-                await self._copy_output(action, framer, outbox)
+            self._send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._send_lock.acquire()
+        try:
+            if not self._close_written:
+                self._close_written = close
+                await self._send_unlocked(buffers)
+        finally:
+            self._send_lock.release()
+
+    async def _send_unlocked(self, buffers: list[Buffer]) -> None:
+        """A write interrupted half-way (cancelled, or a broken socket) leaves a torn frame on the wire:
+        nothing more may follow it, not even a close frame."""
+        try:
+            await send_buffers(self._stream.socket, buffers)
+        except BaseException:
+            self._close_written = True
+            raise
+
+    async def _send_close(self, code: int, reason: str) -> None:
+        """Start (or answer) the close handshake, unless a close frame went out already."""
+        if self._ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            await self._send([self._ws.send(CloseConnection(code=code, reason=reason))], close=True)
+
+    # -- the writer: output -> frames ------------------------------------------------------------------
+
+    async def _write_loop(self, action: Action, framer: Framer, everything: trio.CancelScope) -> None:
+        try:
+            code, reason = await self._stream_output(action, framer)
+            if self._writer_scope.cancelled_caught and not self._going_away:
+                return  # the reader ended first and closed
+            await self._send_close(code, reason)
+            self._reader_scope.deadline = min(self._reader_scope.deadline, trio.current_time() + CLOSE_TIMEOUT_SECONDS)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            everything.cancel()
+
+    async def _stream_output(self, action: Action, framer: Framer) -> tuple[int, str]:
+        try:
+            with self._writer_scope:
+                await self._copy_output(action, framer)
                 result = await action.wait_result()
-                self.output_done = True
                 return CLOSE_NORMAL, result_reason(result, framer.missed)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise
         except Exception:
             log.exception("hot websocket output failed", extra={"action": action.id})
             return CLOSE_INTERNAL_ERROR, "internal error"
         return CLOSE_GOING_AWAY, "server shutting down"
 
-    async def _copy_output(self, action: Action, framer: Framer, outbox: trio.MemorySendChannel[Outgoing]) -> None:
+    async def _copy_output(self, action: Action, framer: Framer) -> None:
         async with action.open_output(replay=True, lossless=True) as reader:
             async for item in reader:
                 if frames := _encode_ready(framer, item, reader):
-                    await outbox.send(frames)
+                    await self._send(frames)
         if tail := framer.finish():
-            await outbox.send(tail)
+            await self._send(tail)
 
-    async def _queue_close(self, outbox: trio.MemorySendChannel[Outgoing], code: int, reason: str) -> None:
-        if self._ws.state is ConnectionState.OPEN:
-            await outbox.send(Close(self._ws.send(CloseConnection(code=code, reason=reason))))
+    # -- the reader: client frames -> stdin, pongs, close ----------------------------------------------
 
-    # -- the reader: client frames -> stdin, pongs, close ---------------------------------------------
-
-    async def _read_loop(
-        self, stdin: Action | None, outbox: trio.MemorySendChannel[Outgoing], everything: trio.CancelScope
-    ) -> None:
-        async with outbox:
-            with self._reader_scope:
-                try:
-                    await self._read_frames(stdin, outbox)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
-                except Exception:
-                    log.exception("hot websocket reader failed")
-                    await self._queue_close(outbox, CLOSE_INTERNAL_ERROR, "internal error")
-        self._pump_scope.cancel()
+    async def _read_loop(self, stdin: Action | None, everything: trio.CancelScope) -> None:
+        with self._reader_scope:
+            try:
+                await self._read_frames(stdin)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            except Exception:
+                log.exception("hot websocket reader failed")
+                with trio.move_on_after(CLOSE_TIMEOUT_SECONDS):
+                    await self._send_close(CLOSE_INTERNAL_ERROR, "internal error")
+        self._writer_scope.cancel()
         everything.deadline = min(everything.deadline, trio.current_time() + CLOSE_TIMEOUT_SECONDS)
 
-    async def _read_frames(self, stdin: Action | None, outbox: trio.MemorySendChannel[Outgoing]) -> None:
+    async def _read_frames(self, stdin: Action | None) -> None:
         while True:
             data = await self._stream.receive_some(RECEIVE_BYTES)
             if not data:
                 return
             self._ws.receive_data(data)
             for event in self._ws.events():
-                if await self._on_event(event, stdin, outbox):
+                if await self._on_event(event, stdin):
                     return
 
-    async def _on_event(self, event: Event, stdin: Action | None, outbox: trio.MemorySendChannel[Outgoing]) -> bool:
+    async def _on_event(self, event: Event, stdin: Action | None) -> bool:
         """Handle one client event; True when reading is over."""
         if isinstance(event, TextMessage | BytesMessage):
-            return await self._on_message(event, stdin, outbox)
+            return await self._on_message(event, stdin)
         if isinstance(event, Ping) and self._ws.state is ConnectionState.OPEN:
-            await outbox.send([self._ws.send(event.response())])
+            await self._send([self._ws.send(event.response())])
         elif isinstance(event, CloseConnection):
-            if self._ws.state is ConnectionState.REMOTE_CLOSING:
-                await outbox.send(Close(self._ws.send(event.response())))
-            else:  # a frame wsproto could not parse (state OPEN), or the answer to our close (CLOSED)
-                await self._queue_close(outbox, event.code, event.reason or "")
+            # the client's close (answered), a frame wsproto could not parse (state OPEN: closed with its
+            # code), or the answer to our own close (CLOSED: nothing left to send)
+            await self._send_close(event.code, event.reason or "")
             return True
         return False
 
-    async def _on_message(
-        self, event: TextMessage | BytesMessage, stdin: Action | None, outbox: trio.MemorySendChannel[Outgoing]
-    ) -> bool:
+    async def _on_message(self, event: TextMessage | BytesMessage, stdin: Action | None) -> bool:
         data = event.data.encode() if isinstance(event, TextMessage) else bytes(event.data)
         self._message_bytes += len(data)
         if self._message_bytes > self._max_message:
-            await self._queue_close(outbox, CLOSE_TOO_BIG, f"message larger than {self._max_message} bytes")
+            await self._send_close(CLOSE_TOO_BIG, f"message larger than {self._max_message} bytes")
             return True
         if event.message_finished:
             self._message_bytes = 0
@@ -229,51 +242,21 @@ class HotSocket:
             await _feed_stdin(stdin, data, close=isinstance(event, BytesMessage) and not data)
         return False
 
-    # -- the writer: outbox -> socket, batched ---------------------------------------------------------
-
-    async def _write_loop(self, everything: trio.CancelScope) -> None:
-        try:
-            while (batch := await self._next_batch()) is not None:
-                if batch:
-                    await send_buffers(self._stream.socket, batch)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            everything.cancel()
-
-    async def _next_batch(self) -> list[Buffer] | None:
-        """Everything ready in the outbox (waiting for the first item); None once every sender is done."""
-        try:
-            batch = self._admit(await self._outbox_receive.receive())
-        except trio.EndOfChannel:
-            return None
-        size = _size(batch)
-        while size < MAX_BATCH_BYTES:
-            try:
-                more = self._admit(self._outbox_receive.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-            batch.extend(more)
-            size += _size(more)
-        return batch
-
-    def _admit(self, item: Outgoing) -> list[Buffer]:
-        """The buffers to write for ``item``: nothing may follow a close frame on the wire."""
-        if self._close_written:
-            return []
-        if isinstance(item, Close):
-            self._close_written = True
-            return [item.data]
-        return item
-
 
 async def send_buffers(sock: trio.socket.SocketType, buffers: list[Buffer]) -> None:
-    """Write every buffer, in order, with vectored ``sendmsg`` calls: frames are never joined into a copy."""
+    """Write every buffer, in order, with vectored writes: frames are never joined into a copy.
+
+    The write is tried at once and waits for the socket only when it is full; it does not yield otherwise
+    (the writer yields on every output chunk it waits for, so no other task starves)."""
     views = [memoryview(b) for b in buffers]
     start = 0
+    fd = sock.fileno()
     while start < len(views):
         try:
-            sent = await sock.sendmsg(views[start : start + IOV_MAX])
+            sent = os.writev(fd, views[start : start + IOV_MAX])
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            continue
         except OSError as e:
             raise trio.BrokenResourceError(f"socket send failed: {e}") from e
         start = _advance(views, start, sent)

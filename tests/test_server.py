@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 import trio.testing
@@ -333,3 +334,20 @@ async def test_replay_stream_returns_the_prefix_first() -> None:
     assert await stream.receive_some() == b"ghi"
     await stream.send_all(b"back")
     assert await right.receive_some() == b"back"
+
+
+async def test_http2_prior_knowledge_still_reaches_quart(server: RunningServer) -> None:
+    async with httpx.AsyncClient(base_url=server.base_url, http1=False, http2=True, timeout=10) as client:
+        response = await client.get("/openapi.json")
+    assert response.http_version == "HTTP/2"
+    assert response.status_code == 200
+
+
+async def test_wrong_websocket_version_on_a_hot_path_is_426(server: RunningServer) -> None:
+    request = (
+        b"GET /api/v1/actions/exec?argv=true HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n"
+    )
+    response = await exchange(server.port, request)
+    assert status_of(response) == 426
+    assert b"sec-websocket-version: 13" in response.lower()

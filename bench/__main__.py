@@ -1,0 +1,49 @@
+"""``python -m bench [lines] [chunks] [idle]``: run the named benchmarks (all by default) and print the ratios."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from bench import idle, ws_output
+from bench.harness import BenchError, summary_json
+
+BENCHMARKS = ("lines", "chunks", "idle")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "names", nargs="*", choices=[[], *BENCHMARKS], metavar="NAME", help=f"any of {', '.join(BENCHMARKS)}"
+    )
+    parser.add_argument("--repetitions", "-r", type=int, default=5, help="runs per server, interleaved (median)")
+    parser.add_argument("--lines", type=int, default=500_000, help="lines of the 'lines' benchmark")
+    parser.add_argument("--megabytes", type=int, default=200, help="MiB of the 'chunks' benchmark")
+    parser.add_argument("--json", action="store_true", help="also print the results as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    names = args.names or list(BENCHMARKS)
+    results: dict[str, object] = {}
+    try:
+        for name in names:
+            if name == "idle":
+                results.update(idle.run(repetitions=args.repetitions))
+            else:
+                results.update(
+                    ws_output.run(name, repetitions=args.repetitions, lines=args.lines, megabytes=args.megabytes)
+                )
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
+    print("\nsummary: " + ", ".join(f"{k}={v}" for k, v in results.items()))
+    if args.json:
+        print(summary_json(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
