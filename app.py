@@ -34,7 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
         "path"
     )
     _command(sub, "version", "print the version")
+    _add_call_command(sub)
     return parser
+
+
+def _add_call_command(sub: Any) -> None:
+    """`hearth call`: a websocket client of the call API; it needs no data directory (docs/cli_call.md)."""
+    call = sub.add_parser("call", help="run a call of WS /api/v1/ws/ on a Hearth server")
+    call.add_argument("--url", help="server URL (default http://127.0.0.1:<port>); /api/v1/ws/ added without a path")
+    call.add_argument("--token", help="API key or JWT sent as Authorization: Bearer (default: $HEARTH_TOKEN)")
+    call.add_argument("--pow", action="store_true", help="offer the pow-1 subprotocol instead of v1")
+    call.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
+    call.add_argument("name", metavar="NAME", help="the call to run")
+    call.add_argument("params", metavar="PARAM", nargs=argparse.REMAINDER, help="its params (-- before one starting with -)")
+    call.set_defaults(data_dir=None)
 
 
 def _command(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -219,12 +232,19 @@ def _restore_command(settings: Settings, args: argparse.Namespace) -> int:
     return cli_data.restore_command(settings, args)
 
 
+def _call_command(settings: Settings, args: argparse.Namespace) -> int:
+    from handlers import cli_call
+
+    return cli_call.call_command(settings, args)
+
+
 _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "serve": _serve_command,
     "users": _users_command,
     "keys": _keys_command,
     "backup": _backup_command,
     "restore": _restore_command,
+    "call": _call_command,
 }
 
 

@@ -14,6 +14,7 @@ from core.errors import ConfigError
 
 ENV_PREFIX = "HEARTH_"
 CONFIG_ENV = "HEARTH_CONFIG"
+NOT_SETTINGS_ENV = frozenset({CONFIG_ENV, "HEARTH_TOKEN"})  # HEARTH_TOKEN: the `hearth call` credential
 
 
 class AuthSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -197,7 +198,7 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     top = {f.name for f in msgspec.structs.fields(Settings)}
     sections = _sections()
     for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
+        if not key.startswith(ENV_PREFIX) or key in NOT_SETTINGS_ENV:
             continue
         name = key[len(ENV_PREFIX) :].lower()
         if name in top and name not in sections:

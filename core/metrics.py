@@ -40,5 +40,11 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.calls_ignored_frames = Counter(
+            "hearth_calls_ignored_frames",
+            "frames after a call's first message that were not a known signal (ignored, protocol v1)",
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -119,6 +119,7 @@ class HotSocket:
         self._reader_scope = trio.CancelScope()
         self._going_away = False
         self._close_written = False
+        self._pending: list[Event] = []  # events read before ``run`` (e.g. behind a first message)
 
     def going_away(self) -> None:
         """The server is stopping: end the stream with close code 1001."""
@@ -175,14 +176,18 @@ class HotSocket:
         try:
             with self._writer_scope:
                 await self._copy_output(action, framer)
-                result = await action.wait_result()
-                return CLOSE_NORMAL, result_reason(result, framer.missed)
+                return await self._after_output(action, framer)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise
         except Exception:
             log.exception("hot websocket output failed", extra={"action": action.id})
             return CLOSE_INTERNAL_ERROR, "internal error"
         return CLOSE_GOING_AWAY, "server shutting down"
+
+    async def _after_output(self, action: Action, framer: Framer) -> tuple[int, str]:
+        """Output is drained: the close code and reason to end with (here the result rides in the reason)."""
+        result = await action.wait_result()
+        return CLOSE_NORMAL, result_reason(result, framer.missed)
 
     async def _copy_output(self, action: Action, framer: Framer) -> None:
         async with action.open_output(replay=True, lossless=True) as reader:
@@ -208,6 +213,10 @@ class HotSocket:
         everything.deadline = min(everything.deadline, trio.current_time() + CLOSE_TIMEOUT_SECONDS)
 
     async def _read_frames(self, stdin: Action | None) -> None:
+        pending, self._pending = self._pending, []
+        for event in pending:
+            if await self._on_event(event, stdin):
+                return
         while True:
             data = await self._stream.receive_some(RECEIVE_BYTES)
             if not data:

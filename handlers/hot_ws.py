@@ -69,14 +69,14 @@ class HotWebsockets:
         """Serve one connection whose first bytes (a complete request head, maybe more) are ``data``."""
         ws = WSConnection(ConnectionType.SERVER)
         try:
-            request = _handshake(ws, data)
+            request = handshake(ws, data)
             plan = await self._prepare(request)
         except HearthError as e:
-            await _refuse(stream, e.status, e.detail)
+            await refuse(stream, e.status, e.detail)
             return
         except Exception:
             log.exception("hot websocket handshake failed")
-            await _refuse(stream, 500, "internal error")
+            await refuse(stream, 500, "internal error")
             return
         try:
             await self._serve(stream, ws, plan)
@@ -124,18 +124,19 @@ class HotWebsockets:
         if credential is None:
             raise Unauthenticated("authentication required")
         if credential.kind is CredentialKind.COOKIE:
-            self._check_origin(headers.get(b"origin"), request.host)
+            check_origin(self._svc.settings.auth.allowed_origins, headers.get(b"origin"), request.host)
         return await self._svc.auth.authenticate(credential)
 
-    def _check_origin(self, origin: str | None, host: str) -> None:
-        """A cookie is sent by browsers from any page: only same-origin pages or allowed origins may use it."""
-        if origin is None:
-            raise Forbidden("cookie authentication needs an Origin header")
-        if origin in self._svc.settings.auth.allowed_origins:
-            return
-        parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https") or parts.netloc.lower() != host.lower():
-            raise Forbidden(f"origin {origin} is not allowed")
+
+def check_origin(allowed: list[str], origin: str | None, host: str) -> None:
+    """A cookie is sent by browsers from any page: only same-origin pages or allowed origins may use it."""
+    if origin is None:
+        raise Forbidden("cookie authentication needs an Origin header")
+    if origin in allowed:
+        return
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or parts.netloc.lower() != host.lower():
+        raise Forbidden(f"origin {origin} is not allowed")
 
 
 def credential_from_headers(headers: dict[bytes, str]) -> Credential | None:
@@ -167,7 +168,7 @@ def _framing(params: dict[str, list[str]]) -> str:
     return framing
 
 
-def _handshake(ws: WSConnection, data: bytes) -> Request:
+def handshake(ws: WSConnection, data: bytes) -> Request:
     """The upgrade request in ``data``; a malformed upgrade is refused with 400 (426 for a wrong version)."""
     try:
         ws.receive_data(data)
@@ -186,7 +187,7 @@ class _UpgradeRefused(HearthError):
         self.status = status
 
 
-async def _refuse(stream: trio.SocketStream, status: int, detail: str) -> None:
+async def refuse(stream: trio.SocketStream, status: int, detail: str) -> None:
     """A plain HTTP error instead of the upgrade, JSON ``{"detail": ...}`` like every REST error."""
     body = json.dumps({"detail": detail}).encode()
     try:

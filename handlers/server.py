@@ -202,11 +202,33 @@ def open_listeners(config: HypercornConfig) -> tuple[list[trio.SocketListener], 
     return listeners, binds
 
 
+class AnyOfHotRoutes:
+    """Several hot route sets as one: the first that wants a request serves it."""
+
+    def __init__(self, *routes: HotRoutes) -> None:
+        self._routes = routes
+
+    def wants(self, method: bytes, path: bytes) -> bool:
+        return any(r.wants(method, path) for r in self._routes)
+
+    async def handle(self, stream: trio.SocketStream, data: bytes) -> None:
+        method, path = RequestHead(data, len(data)).method_and_path()
+        for routes in self._routes:
+            if routes.wants(method, path):
+                await routes.handle(stream, data)
+                return
+
+    def going_away(self) -> None:
+        for routes in self._routes:
+            routes.going_away()
+
+
 def _hot_routes(app: QuartTrio) -> HotRoutes:
+    from handlers.hot_calls import CallRoutes
     from handlers.hot_ws import HotWebsockets
 
     svc: Services = app.config["HEARTH_SERVICES"]
-    return HotWebsockets(svc)
+    return AnyOfHotRoutes(HotWebsockets(svc), CallRoutes(svc))
 
 
 async def serve_http(

@@ -1,0 +1,142 @@
+"""Running one Distillery call: look it up, check params, permission and limits, start it, audit it.
+
+The socket face (handlers/hot_calls.py) only frames what this decides; every failure is a ``CallResult`` with
+one of the fixed messages of specs/calls.md §2.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import signal
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+
+from core.actions import Action, ActionResult
+from core.audit import now_utc, rfc3339
+from core.call_catalogue import CallRequest, CallSpec, check_params
+from core.principals import Principal
+from core.protocols import calls as proto
+from core.services import Services
+from storage import call_history
+
+log = logging.getLogger("hearth.calls")
+
+
+@dataclass
+class CallLimits:
+    """Calls running now, per principal and in all; ``try_acquire`` never waits."""
+
+    per_principal: int
+    total: int
+    _running: Counter[str] = field(default_factory=Counter)
+
+    def try_acquire(self, key: str) -> bool:
+        if self._running[key] >= self.per_principal or sum(self._running.values()) >= self.total:
+            return False
+        self._running[key] += 1
+        return True
+
+    def release(self, key: str) -> None:
+        self._running[key] -= 1
+        if self._running[key] <= 0:
+            del self._running[key]
+
+
+@dataclass
+class RunningCall:
+    """A call that passed every check and holds a place in the limits; ``record_id`` is its audit row."""
+
+    spec: CallSpec
+    principal: Principal
+    params: list[str]
+    record_id: int = 0
+    action: Action | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+def failure(message: str) -> proto.CallResult:
+    return proto.CallResult(success=False, message=message)
+
+
+class CallService:
+    """The calls of one server: the catalogue in ``svc.calls``, the limits, the audit."""
+
+    def __init__(self, svc: Services) -> None:
+        self._svc = svc
+        settings = svc.settings.calls
+        self.limits = CallLimits(settings.max_per_principal, settings.max_total)
+
+    async def admit(self, principal: Principal, message: proto.CallMessage) -> RunningCall | proto.CallResult:
+        """The checks of specs/calls.md §2 in order; a RunningCall holds a place in the limits until ``finish``."""
+        spec = self._svc.calls.get(message.call)
+        if spec is None:
+            return failure(proto.MSG_UNKNOWN_CALL)
+        if not await self._svc.calls.may_run(principal, spec, message.params):
+            return failure(proto.MSG_PERMISSION_DENIED)
+        if (problem := check_params(spec, message.params)) is not None:
+            return failure(problem)
+        if not self.limits.try_acquire(principal.describe()):
+            return failure(proto.MSG_TOO_MANY)
+        return RunningCall(spec, principal, list(message.params))
+
+    async def start(self, call: RunningCall) -> Action | proto.CallResult:
+        """Audit the call as running, then start its action; a failure to start is an internal error."""
+        call.record_id = await call_history.begin(
+            self._svc.db,
+            principal=call.principal.describe(),
+            user=call.principal.name,
+            call=call.spec.name,
+            params=call.spec.redacted(call.params),
+            started_at=rfc3339(now_utc()),
+        )
+        try:
+            call.action = await call.spec.start(CallRequest(call.principal, call.params, self._svc))
+        except Exception:
+            return internal_error("call failed to start", call=call.spec.name)
+        return call.action
+
+    async def finish(self, call: RunningCall, result: proto.CallResult) -> None:
+        """Release the call's place and record its outcome (also when nobody was left to tell)."""
+        self.limits.release(call.principal.describe())
+        if call.record_id:
+            await call_history.finish(
+                self._svc.db,
+                call.record_id,
+                ended_at=rfc3339(now_utc()),
+                success=result.success,
+                message=result.message,
+                bytes_in=call.bytes_in,
+                bytes_out=call.bytes_out,
+            )
+
+
+def call_result(result: ActionResult) -> proto.CallResult:
+    """An action's one result in the call protocol's words."""
+    if result.cancelled:
+        return failure(result.error or proto.MSG_CANCELLED)
+    if result.error is not None:
+        return internal_error(result.error)
+    if result.signal is not None:
+        return failure(proto.msg_killed_by(_signal_name(result.signal)))
+    if result.exit_code != 0:
+        return failure(proto.msg_exit_status(result.exit_code if result.exit_code is not None else -1))
+    return proto.CallResult(success=True)
+
+
+def internal_error(what: str, **context: str) -> proto.CallResult:
+    """``internal error (ref ID)``; the same reference goes to the log with the details."""
+    ref = secrets.token_hex(4)
+    log.error(
+        "call internal error", extra={"ref": ref, "error": what, **context}, exc_info=sys.exc_info()[0] is not None
+    )
+    return failure(proto.msg_internal(ref))
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

@@ -1,0 +1,333 @@
+"""``WS /api/v1/ws/``: the Distillery call protocol (specs/calls.md §2, §2a) on the hot path below ASGI.
+
+Binary frames carry JSON control messages, text frames one line of input or output. The first message names
+the call; exactly one result frame ends every call that a client is still there to receive, then close 1000.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Event, Ping, Request, TextMessage
+
+from core.actions import Action, OutputChunk, OutputGap
+from core.call_service import CallService, RunningCall, call_result, failure, internal_error
+from core.errors import HearthError
+from core.principals import ANONYMOUS, CredentialKind, Principal
+from core.protocols import calls as proto
+from core.protocols.websocket_frames import (
+    CLOSE_NORMAL,
+    CLOSE_TOO_BIG,
+    OP_BINARY,
+    LineSplitter,
+    encode_frame,
+    encode_text_lines,
+)
+from core.services import Services
+from handlers.hot_socket import Buffer, HotSocket
+from handlers.hot_ws import check_origin, credential_from_headers, handshake, refuse
+
+log = logging.getLogger("hearth.calls")
+
+CALL_PATHS = (b"/api/v1/ws/", b"/api/v1/ws")
+FACE = "calls"
+MAX_LINE_BYTES = 64 * 1024
+
+
+class CallRoutes:
+    """The hot route of the call API: ``wants`` picks it by path, ``handle`` serves one connection."""
+
+    def __init__(self, svc: Services) -> None:
+        self._svc = svc
+        self._calls = CallService(svc)
+        self._sockets: set[CallSocket] = set()
+
+    def wants(self, method: bytes, path: bytes) -> bool:
+        return method == b"GET" and path in CALL_PATHS
+
+    def going_away(self) -> None:
+        for sock in tuple(self._sockets):
+            sock.going_away()
+
+    async def handle(self, stream: trio.SocketStream, data: bytes) -> None:
+        ws = WSConnection(ConnectionType.SERVER)
+        try:
+            request = handshake(ws, data)
+            principal = await self._principal(request)
+        except HearthError as e:
+            await refuse(stream, e.status, e.detail)
+            return
+        subprotocol = proto.choose_subprotocol(list(request.subprotocols))
+        await stream.send_all(ws.send(AcceptConnection(subprotocol=subprotocol)))
+        sock = CallSocket(stream, ws, self._svc, self._calls, principal, subprotocol)
+        gauge = self._svc.metrics.websockets_open.labels(face=FACE)
+        self._sockets.add(sock)
+        gauge.inc()
+        try:
+            await sock.serve()
+        finally:
+            gauge.dec()
+            self._sockets.discard(sock)
+
+    async def _principal(self, request: Request) -> Principal:
+        """The caller; no credential, or one that does not check out, is anonymous (told in the result)."""
+        headers = {name.lower(): value.decode("latin-1") for name, value in request.extra_headers}
+        credential = credential_from_headers(headers)
+        if credential is None:
+            return ANONYMOUS
+        if credential.kind is CredentialKind.COOKIE:
+            check_origin(self._svc.settings.auth.allowed_origins, headers.get(b"origin"), request.host)
+        try:
+            return await self._svc.auth.authenticate(credential)
+        except HearthError:
+            return ANONYMOUS
+
+
+class CallFramer:
+    """stdout and stderr merged in arrival order, one TEXT frame a line, lines cut at 64 KiB."""
+
+    def __init__(self, call: RunningCall) -> None:
+        self._split = LineSplitter(max_line=MAX_LINE_BYTES)
+        self._call = call
+        self.missed = 0
+
+    def encode(self, item: OutputChunk | OutputGap) -> list[Buffer]:
+        if isinstance(item, OutputGap):
+            self.missed += item.missed_bytes
+            return self.finish()
+        self._call.bytes_out += len(item.data)
+        lines = self._split.feed(item.data)
+        return [encode_text_lines(lines)] if lines else []
+
+    def finish(self) -> list[Buffer]:
+        lines = self._split.flush()
+        return [encode_text_lines(lines)] if lines else []
+
+
+class CallSocket(HotSocket):
+    """One call connection: the first message, then the action streamed with exactly one result."""
+
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        ws: WSConnection,
+        svc: Services,
+        calls: CallService,
+        principal: Principal,
+        subprotocol: str | None,
+    ) -> None:
+        settings = svc.settings.calls
+        super().__init__(stream, ws, max_message_bytes=settings.max_frame_bytes)
+        self._svc = svc
+        self._calls = calls
+        self._principal = principal
+        self._subprotocol = subprotocol
+        self._first_scope = trio.CancelScope()
+        self._call: RunningCall | None = None
+        self._action: Action | None = None
+        self._close_code = CLOSE_NORMAL
+        self._discarding = False
+        self._cancels = 0
+        self._partial_control = b""
+        self.result: proto.CallResult | None = None
+
+    # -- life of the connection -------------------------------------------------------------------------
+
+    def going_away(self) -> None:
+        """The server is stopping: a running call is cancelled (its result says so); a waiting one is told."""
+        self._going_away = True
+        if self._action is not None:
+            self._action.cancel(proto.MSG_SHUTTING_DOWN)
+        self._first_scope.cancel()
+
+    async def serve(self) -> None:
+        admitted = await self._admit()
+        if isinstance(admitted, proto.CallResult):
+            await self._answer_without_action(admitted)
+            return
+        try:
+            await self._run_call(admitted)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._end_call(admitted)
+
+    async def _admit(self) -> RunningCall | proto.CallResult:
+        message = await self._first_message()
+        if isinstance(message, proto.CallResult):
+            return message
+        return await self._calls.admit(self._principal, message)
+
+    async def _run_call(self, call: RunningCall) -> None:
+        self._call = call
+        started = await self._calls.start(call)
+        if isinstance(started, proto.CallResult):
+            self.result = started
+            await self._send_result_and_close(started)
+            return
+        self._action = started
+        if self._going_away:
+            started.cancel(proto.MSG_SHUTTING_DOWN)
+        await self.run(started, CallFramer(call), stdin=started)
+
+    async def _end_call(self, call: RunningCall) -> None:
+        """The client may be gone: cancel what still runs; the audit gets the outcome either way."""
+        if self._action is not None:
+            self._action.cancel(proto.MSG_CANCELLED)
+            result = self.result or call_result(await self._action.wait_result())
+        else:
+            result = self.result or failure(proto.MSG_CANCELLED)
+        await self._calls.finish(call, result)
+
+    async def _answer_without_action(self, result: proto.CallResult) -> None:
+        self.result = result
+        with trio.move_on_after(5):
+            try:
+                await self._send_result_and_close(result)
+                await self._wait_close_reply()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    # -- the first message ------------------------------------------------------------------------------
+
+    async def _first_message(self) -> proto.CallMessage | proto.CallResult:
+        timeout = self._svc.settings.calls.first_message_timeout
+        with self._first_scope, trio.move_on_after(timeout):
+            try:
+                return await self._read_first()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return failure(proto.MSG_CANCELLED)
+        return failure(proto.MSG_SHUTTING_DOWN if self._going_away else proto.MSG_FIRST_TIMEOUT)
+
+    async def _read_first(self) -> proto.CallMessage | proto.CallResult:
+        """Read until the first complete message; events behind it wait in ``_pending`` for the reader."""
+        payload = bytearray()
+        while True:
+            data = await self._stream.receive_some(64 * 1024)
+            if not data:
+                return failure(proto.MSG_CANCELLED)
+            self._ws.receive_data(data)
+            events = list(self._ws.events())
+            for index, event in enumerate(events):
+                answer = await self._first_event(event, payload)
+                if answer is not None:
+                    self._pending = events[index + 1 :]
+                    return answer
+
+    async def _first_event(self, event: Event, payload: bytearray) -> proto.CallMessage | proto.CallResult | None:
+        if isinstance(event, Ping) and self._ws.state is ConnectionState.OPEN:
+            await self._send([self._ws.send(event.response())])
+        elif isinstance(event, CloseConnection):
+            await self._send_close(event.code, event.reason or "")
+            return failure(proto.MSG_CANCELLED)
+        elif isinstance(event, TextMessage):
+            return failure(proto.MSG_UNKNOWN_CALL)
+        elif isinstance(event, BytesMessage):
+            payload += event.data
+            if len(payload) > self._max_message:
+                self._close_code = CLOSE_TOO_BIG
+                return failure(proto.MSG_CANCELLED)
+            if event.message_finished:
+                return _decode_first(bytes(payload))
+        return None
+
+    # -- the end: one result frame, then close --------------------------------------------------------------
+
+    async def _after_output(self, action: Action, framer: object) -> tuple[int, str]:
+        result = call_result(await action.wait_result())
+        self.result = result
+        await self._send([_result_frame(result, self._subprotocol)])
+        return self._close_code, ""
+
+    async def _send_result_and_close(self, result: proto.CallResult) -> None:
+        await self._send([_result_frame(result, self._subprotocol)])
+        await self._send_close(self._close_code, "")
+
+    async def _wait_close_reply(self) -> None:
+        """After our close frame, read until the client's close (or it goes away)."""
+        while self._ws.state is not ConnectionState.CLOSED:
+            data = await self._stream.receive_some(64 * 1024)
+            if not data:
+                return
+            self._ws.receive_data(data)
+            for _ in self._ws.events():
+                pass
+
+    # -- client frames during the call ----------------------------------------------------------------------
+
+    async def _on_message(self, event: TextMessage | BytesMessage, stdin: Action | None) -> bool:
+        data = event.data.encode() if isinstance(event, TextMessage) else bytes(event.data)
+        if self._too_big(len(data), event.message_finished) or self._discarding:
+            return False
+        if self._call is not None:
+            self._call.bytes_in += len(data)
+        if stdin is None:
+            return False
+        if isinstance(event, TextMessage):
+            await self._input(stdin, data, event.message_finished)
+        elif event.message_finished:
+            await self._control(stdin, self._assembled(data))
+        else:
+            self._partial_control += data
+        return False
+
+    def _too_big(self, size: int, finished: bool) -> bool:
+        """A frame over the limit ends the call: ``cancelled``, close 1009; the rest of it is read and dropped."""
+        self._message_bytes += size
+        over = self._message_bytes > self._max_message
+        if finished:
+            self._message_bytes = 0
+        if over and not self._discarding:
+            self._discarding = True
+            self._close_code = CLOSE_TOO_BIG
+            if self._action is not None:
+                self._action.cancel(proto.MSG_CANCELLED)
+        return over
+
+    def _assembled(self, data: bytes) -> bytes:
+        partial, self._partial_control = self._partial_control, b""
+        return partial + data
+
+    async def _input(self, stdin: Action, data: bytes, finished: bool) -> None:
+        """v1: each text frame is a line (``\\n`` added); pow-1: written exactly as received."""
+        if finished and self._subprotocol != proto.POW1:
+            data += b"\n"
+        # input after stdin closed, or after the process ended, is ignored
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            await stdin.send_stdin(data)
+
+    async def _control(self, action: Action, payload: bytes) -> None:
+        message = proto.decode_signal(payload)
+        name = message.signal if message is not None else None
+        if name == "cancel":
+            self._cancels += 1
+            if self._cancels > 1 and self._subprotocol == proto.POW1:
+                await _close_stdin(action)
+            action.cancel(proto.MSG_CANCELLED)
+        elif name == "close":
+            await _close_stdin(action)
+        elif self._subprotocol == proto.POW1:
+            action.cancel(proto.MSG_PROTOCOL_ERROR)
+        else:
+            self._svc.metrics.calls_ignored_frames.inc()
+
+
+def _decode_first(payload: bytes) -> proto.CallMessage | proto.CallResult:
+    try:
+        return proto.decode_call(payload)
+    except proto.NotACall:
+        return failure(proto.MSG_UNKNOWN_CALL)
+    except Exception:
+        return internal_error("first message")
+
+
+def _result_frame(result: proto.CallResult, subprotocol: str | None) -> bytes:
+    return encode_frame(OP_BINARY, proto.encode_result(result, subprotocol))
+
+
+async def _close_stdin(action: Action) -> None:
+    with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+        await action.close_stdin()
