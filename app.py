@@ -46,7 +46,7 @@ def _add_call_command(sub: Any) -> None:
     call.add_argument("--pow", action="store_true", help="offer the pow-1 subprotocol instead of v1")
     call.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
     call.add_argument("name", metavar="NAME", help="the call to run")
-    call.add_argument("params", metavar="PARAM", nargs=argparse.REMAINDER, help="its params (-- before one starting with -)")
+    call.add_argument("params", metavar="PARAM", nargs=argparse.REMAINDER, help="its params (-- before a -param)")
     call.set_defaults(data_dir=None)
 
 

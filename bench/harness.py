@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -89,7 +90,8 @@ class Hearth:
         return self.process.pid
 
 
-def hearth_command(data_dir: Path, port: int) -> list[str]:
+def hearth_command(data_dir: Path, port: int, config: Path | None = None) -> list[str]:
+    """``hearth serve`` on 127.0.0.1:``port`` with ``data_dir``, and the TOML settings ``config`` when given."""
     return [
         sys.executable,
         str(ROOT / "app.py"),
@@ -100,6 +102,7 @@ def hearth_command(data_dir: Path, port: int) -> list[str]:
         str(port),
         "--data-dir",
         str(data_dir),
+        *(["--config", str(config)] if config is not None else []),
     ]
 
 
@@ -118,18 +121,32 @@ def temp_dir(prefix: str = "hearth-bench-") -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def raise_nofile(wanted: int) -> int:
+    """Raise this process's soft RLIMIT_NOFILE to ``wanted`` (at most the hard limit); the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < limit:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+        soft = limit
+    return soft
+
+
 @contextmanager
-def run_hearth(workdir: Path) -> Iterator[Hearth]:
-    """Start Hearth on a free port (``--port 0``) with a fresh data directory; its first start prints the key."""
+def run_hearth(workdir: Path, *, config: Path | None = None, nofile: int | None = None) -> Iterator[Hearth]:
+    """Start Hearth on a free port (``--port 0``) with a fresh data directory; its first start prints the key.
+
+    ``config``: a TOML settings file; ``nofile``: the soft file-descriptor limit the server needs (raised in
+    the child before it starts, up to the hard limit)."""
     out, err = workdir / "hearth.out", workdir / "hearth.err"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         process = subprocess.Popen(
-            hearth_command(workdir / "data", 0),
+            hearth_command(workdir / "data", 0, config),
             stdout=stdout,
             stderr=stderr,
             stdin=subprocess.DEVNULL,
             env=hearth_env(),
             cwd=ROOT,
+            preexec_fn=None if nofile is None else (lambda: raise_nofile(nofile)),
         )
     try:
         base_url, key = _wait_started(process, out, err)
@@ -210,13 +227,14 @@ class Series:
         return statistics.median(s.server_cpu for s in self.samples)
 
 
-def timed(argv: Sequence[str], server_pid: int) -> Sample:
-    """Run a client to completion, its output to /dev/null."""
+def timed(argv: Sequence[str], server_pid: int, stdin_data: bytes | None = None) -> Sample:
+    """Run a client to completion, its output to /dev/null; ``stdin_data`` is its input (else /dev/null)."""
     cpu = cpu_seconds(server_pid)
     start = time.perf_counter()
     subprocess.run(
         argv,
-        stdin=subprocess.DEVNULL,
+        input=stdin_data,
+        stdin=subprocess.DEVNULL if stdin_data is None else None,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         timeout=RUN_TIMEOUT,

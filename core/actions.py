@@ -91,6 +91,10 @@ class Action:
     def result(self) -> ActionResult | None:
         return self._result
 
+    def hold_output(self) -> None:
+        """Before start: take no output until the first lossless reader attaches (``OutputHub.hold``)."""
+        self._hub.hold()
+
     def info(self) -> ActionInfo:
         return ActionInfo(
             id=self.id,
@@ -352,6 +356,7 @@ class ActionManager:
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the action's time limit, not this call's
         inherit_env: bool = True,
+        hold_output: bool = False,
     ) -> Action:
         """Start ``argv`` in its own process group. Invalid arguments raise ProcessStartError; a program or cwd
         that cannot be started gives an action already finished with ``result.error`` set."""
@@ -361,12 +366,14 @@ class ActionManager:
         action = ProcessAction(
             spec, self._db, name=name or argv[0], owner=owner, settings=self._settings, log_dir=self.log_dir
         )
-        return await self._start(action)
+        return await self._start(action, hold_output=hold_output)
 
-    async def start_coroutine(self, fn: CoroutineFn, *, owner: str, name: str) -> Action:
-        """Run ``fn(context)`` as an action; its return value is the exit code, an exception a failure."""
+    async def start_coroutine(self, fn: CoroutineFn, *, owner: str, name: str, hold_output: bool = False) -> Action:
+        """Run ``fn(context)`` as an action; its return value is the exit code, an exception a failure.
+        ``hold_output`` (here and in ``start_process``): no output is taken until the first lossless reader
+        attaches (or the action is cancelled), so the face that started it loses nothing."""
         action = CoroutineAction(fn, name=name, argv=[], owner=owner, settings=self._settings, log_dir=self.log_dir)
-        return await self._start(action)
+        return await self._start(action, hold_output=hold_output)
 
     def get(self, action_id: str) -> Action:
         try:
@@ -378,9 +385,11 @@ class ActionManager:
         """Running actions and the finished ones still retained, oldest first."""
         return builtins.list(self._actions.values())
 
-    async def _start(self, action: Action) -> Action:
+    async def _start(self, action: Action, *, hold_output: bool = False) -> Action:
         if self._nursery is None:
             raise ActionError("the action manager is not running")
+        if hold_output:
+            action.hold_output()
         self._actions[action.id] = action
         await self._nursery.start(self._run, action)
         log.info("action started", extra={"action": action.id, "owner": action.owner, "argv": action.argv})

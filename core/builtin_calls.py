@@ -37,7 +37,7 @@ def _coroutine_call(name: str, description: str, role: Role, body: Body) -> Call
             return await body(ctx, request.services)
 
         owner = request.principal.name or request.principal.describe()
-        return await request.services.actions.start_coroutine(run, owner=owner, name=f"call:{name}")
+        return await request.services.actions.start_coroutine(run, owner=owner, name=f"call:{name}", hold_output=True)
 
     return CallSpec(name=name, description=description, start=start, role=role, kind="builtin")
 

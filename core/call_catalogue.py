@@ -123,6 +123,7 @@ def command_call(name: str, command: CommandSettings) -> CallSpec:
             env=command_environment(command),
             timeout=command.timeout,
             inherit_env=False,
+            hold_output=True,
         )
 
     return CallSpec(

@@ -177,6 +177,8 @@ class OutputHub:
         self._blocking: set[trio.CancelScope] = set()
         self._draining = False
         self._closed = trio.Event()
+        self._released = trio.Event()  # publishing waits while this is unset (see ``hold``)
+        self._released.set()
 
     @property
     def total_bytes(self) -> int:
@@ -193,10 +195,17 @@ class OutputHub:
     def reader_count(self) -> int:
         return len(self._readers)
 
+    def hold(self) -> None:
+        """Publish nothing until the first lossless reader attaches (or the action is cancelled): a face that
+        starts an action and then attaches loses no output past the ring. Call before any output."""
+        self._released = trio.Event()
+
     async def publish(self, stream: Stream, data: bytes) -> None:
-        """Append ``data`` to the output; waits only while a lossless reader is full."""
+        """Append ``data`` to the output; waits while held, and while a lossless reader is full."""
         if not data:
             return
+        if not self._released.is_set():
+            await self._released.wait()
         async with self._lock:
             chunk = OutputChunk(stream, data, self._ring.end_offset)
             self._ring.append(chunk)
@@ -220,6 +229,7 @@ class OutputHub:
     def stop_blocking(self) -> None:
         """From now on no reader can hold the publishers back: full readers get gaps instead."""
         self._draining = True
+        self._released.set()
         for reader in self._readers:
             reader.lossless = False
         for scope in tuple(self._blocking):
@@ -232,12 +242,17 @@ class OutputHub:
             reader.send_channel.close()
 
     @asynccontextmanager
-    async def open_reader(self, *, replay: bool = True, lossless: bool = True) -> AsyncIterator[OutputReader]:
-        """Attach a reader (see ``Action.open_output``); it is detached when the block exits."""
+    async def open_reader(
+        self, *, replay: bool = True, lossless: bool = True, releases_hold: bool = True
+    ) -> AsyncIterator[OutputReader]:
+        """Attach a reader (see ``Action.open_output``); it is detached when the block exits. A lossless reader
+        releases a ``hold`` unless ``releases_hold`` is false (the disk log)."""
         end = self._ring.end_offset
         reader = None if self.closed else _Reader(self._queue_chunks, lossless and not self._draining, end)
         if reader is not None:
             self._readers.append(reader)
+            if reader.lossless and releases_hold:
+                self._released.set()
         try:
             yield OutputReader(self._ring.chunks() if replay else [], reader, 0 if replay else end)
         finally:
@@ -282,7 +297,7 @@ class DiskLog:
     async def _write(
         self, hub: OutputHub, write: Callable[[bytes], Awaitable[object]], task_status: trio.TaskStatus[None]
     ) -> None:
-        async with hub.open_reader(replay=False, lossless=True) as reader:
+        async with hub.open_reader(replay=False, lossless=True, releases_hold=False) as reader:
             task_status.started()
             while self.written < self._max_bytes and (batch := await self._next_batch(reader)):
                 await write(self._admit(batch))

@@ -16,6 +16,7 @@ from core.errors import Conflict
 from core.output import iter_log
 from core.principals import Principal
 from handlers.common import api_route, decode_json, json_response, read_body, require_principal, services
+from storage import audit as audit_log
 
 blueprint = Blueprint("actions", __name__, url_prefix="/api/v1/actions")
 
@@ -85,8 +86,9 @@ async def start_action() -> Response:
     action = await services().actions.start_process(
         body.argv, owner=owner_of(principal), name=body.name, cwd=body.cwd, env=body.env, timeout=body.timeout
     )
-    detail = shlex.join(body.argv)[:2000]
-    audit.emit(audit.entry(principal, "actions.start", resource=f"action:{action.id}", detail=detail))
+    note = audit.entry(principal, "actions.start", resource=f"action:{action.id}", detail=shlex.join(body.argv)[:2000])
+    await audit_log.record(services().db, note)
+    audit.emit(note)
     return json_response(action.info(), status=201)
 
 

@@ -12,6 +12,7 @@ import http
 import json
 import logging
 import re
+import shlex
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs, urlsplit
@@ -21,12 +22,14 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request
 from wsproto.utilities import RemoteProtocolError
 
+from core import audit
 from core.actions import Action
 from core.authz import Resource, Rule, authorize, register_action
 from core.errors import BadRequest, Forbidden, HearthError, Unauthenticated
 from core.principals import Credential, CredentialKind, Principal
 from core.services import Services
 from handlers.hot_socket import ChunkFramer, Framer, HotSocket, LineFramer
+from storage import audit as audit_log
 
 log = logging.getLogger("hearth.hot")
 
@@ -116,7 +119,11 @@ class HotWebsockets:
             raise BadRequest("argv is required: ?argv=PROGRAM&argv=ARG...")
         if len(argv) > MAX_ARGV:
             raise BadRequest(f"at most {MAX_ARGV} argv values")
-        return await self._svc.actions.start_process(argv, owner=principal.name)
+        action = await self._svc.actions.start_process(argv, owner=principal.name, hold_output=True)
+        note = audit.entry(principal, "actions.exec", resource=f"action:{action.id}", detail=shlex.join(argv)[:2000])
+        await audit_log.record(self._svc.db, note)
+        audit.emit(note)
+        return action
 
     async def _authenticate(self, request: Request) -> Principal:
         headers = {name.lower(): value.decode("latin-1") for name, value in request.extra_headers}

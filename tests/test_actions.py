@@ -463,3 +463,29 @@ async def test_start_after_stop_is_refused(tmp_path: Path) -> None:
         manager = h.manager
     with pytest.raises(Exception, match="not running"):
         await manager.start_process(["true"], owner="a")
+
+
+async def read_everything(action: Action) -> tuple[int, int]:
+    """(bytes of output, bytes reported missing) seen by a lossless reader attached now."""
+    size = missed = 0
+    async with action.open_output(replay=True, lossless=True) as reader:
+        async for item in reader:
+            if isinstance(item, OutputGap):
+                missed += item.missed_bytes
+            else:
+                size += len(item.data)
+    return size, missed
+
+
+async def test_held_output_waits_for_the_first_reader(data_dir: Path) -> None:
+    """A face that starts an action and attaches a moment later must lose nothing past the ring."""
+    total = 3 * 1024 * 1024  # far more than the ring (256 KiB)
+    async with open_harness(data_dir, ring_bytes=256 * 1024) as h:
+        held = await h.manager.start_process(["head", "-c", str(total), "/dev/zero"], owner="t", hold_output=True)
+        plain = await h.manager.start_process(["head", "-c", str(total), "/dev/zero"], owner="t")
+        await trio.sleep(0.5)
+        assert held.result is None  # still waiting for its reader
+        with trio.fail_after(20):
+            assert await read_everything(held) == (total, 0)
+            size, missed = await read_everything(plain)
+    assert missed > 0 and size + missed == total  # without the hold, the ring kept only its tail
