@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 ARGS ?=
 
-.PHONY: run test lint typecheck unit bench system-deps clean
+.PHONY: run test lint typecheck unit bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,17 +23,27 @@ $(TEST_STAMP): $(STAMP)
 run: $(STAMP)
 	$(BIN)/hearth serve --data-dir ./data $(ARGS)
 
-# Debian packages the tests and benchmarks drive for real; installed only when missing.
-SYSTEM_DEPS := websocketd
-system-deps:
-	@missing=""; for p in $(SYSTEM_DEPS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# Debian packages that tests and benchmarks drive for real, installed only when missing (as root, no prompts):
+# websocketd is the benchmarks' peer; node and npm run the third-party `ws` client in the tests.
+define apt_install_missing
+	@missing=""; for p in $(1); do command -v $${p%%:*} >/dev/null 2>&1 || missing="$$missing $${p#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
-			echo "installing:$$missing"; \
+			echo "installing Debian packages:$$missing"; \
 			DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
-			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-		else echo "missing Debian packages:$$missing (run as root, or install them)"; fi; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		else echo "missing Debian packages:$$missing (run as root, or install them)"; exit 1; fi; \
 	fi
+endef
+
+.PHONY: test-deps bench-deps
+test-deps: $(TEST_STAMP)
+	$(call apt_install_missing,node:nodejs npm:npm)
+	@if [ -f tests/node/package.json ] && [ ! -d tests/node/node_modules/ws ]; then \
+		cd tests/node && npm install --no-audit --no-fund --loglevel=error; fi
+
+bench-deps: $(TEST_STAMP)
+	$(call apt_install_missing,websocketd:websocketd)
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
@@ -42,12 +52,12 @@ lint: $(TEST_STAMP)
 typecheck: $(TEST_STAMP)
 	$(BIN)/mypy .
 
-unit: $(TEST_STAMP) system-deps
+unit: test-deps
 	$(BIN)/pytest $(ARGS)
 
 test: lint typecheck unit
 
-bench: $(TEST_STAMP) system-deps
+bench: bench-deps
 	$(BIN)/python -m bench $(ARGS)
 
 clean:

@@ -1,0 +1,244 @@
+"""Idle connected calls: server memory per call of ``WS /api/v1/ws/`` with a process waiting on stdin.
+
+One client process (this one, trio-websocket) opens N connections; each sends one ``CallMessage`` for an
+administrator-defined ``cat`` command and keeps the connection open, so N ``cat`` processes wait on their stdin.
+The server's ``VmRSS`` is read before (after a warm-up round, so one-time allocations are not counted) and
+once all N ``cat`` processes run; the difference over N is the memory each idle call costs the server. The
+``cat`` processes are counted apart (their memory is not the server's). Then every client sends
+``{"signal":"close"}``; each call must end with ``{"success":true}`` and every ``cat`` must be gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+from trio_websocket import open_websocket_url
+
+from bench.calls import write_config
+from bench.harness import BenchError, Hearth, print_table, raise_nofile, rss_bytes, run_hearth, temp_dir
+
+CALL_NAME = "wait"
+BUDGET_BYTES = 40_000  # specs/calls.md §5: under 40 KB of server memory per idle call
+WARMUP_CALLS = 20
+OPEN_AT_ONCE = 64  # handshakes in flight at a time
+SETTLE_SECONDS = 1.0
+PHASE_TIMEOUT = 120.0  # seconds any one phase (open all, release all) may take
+FDS_PER_CALL = 8  # generous: socket, stdin/stdout/stderr pipes, the action's log, pidfd, ...
+CALL = json.dumps({"call": CALL_NAME}).encode()
+CLOSE_STDIN = json.dumps({"signal": "close"}).encode()
+SUCCESS = {"success": True}
+
+
+@dataclass
+class ProcessCount:
+    """The ``cat`` processes the server started: how many, their pids, and their summed RSS."""
+
+    pids: list[int]
+    rss: int
+
+    @property
+    def count(self) -> int:
+        return len(self.pids)
+
+
+def children(parent: int, comm: str) -> ProcessCount:
+    """The processes named ``comm`` whose parent is ``parent`` (scanned from /proc)."""
+    pids, rss = [], 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+            if name == comm and int(rest[1]) == parent:
+                pids.append(int(entry.name))
+                rss += rss_bytes(int(entry.name))
+        except (OSError, ValueError, BenchError):
+            continue  # gone meanwhile
+    return ProcessCount(pids, rss)
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def fd_limit(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise BenchError(f"no open-file limit for pid {pid}")
+
+
+@dataclass
+class Snapshot:
+    rss: int
+    fds: int
+    cats: ProcessCount
+
+
+def snapshot(pid: int) -> Snapshot:
+    return Snapshot(rss_bytes(pid), open_fds(pid), children(pid, "cat"))
+
+
+@dataclass
+class Round:
+    """N idle calls held open, released together; what each client saw."""
+
+    hearth: Hearth
+    count: int
+    opened: int = 0
+    results: list[object] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    release: trio.Event = field(default_factory=trio.Event)
+    limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(OPEN_AT_ONCE))
+
+    @property
+    def url(self) -> str:
+        return f"{self.hearth.ws_url}/api/v1/ws/"
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"Authorization", f"Bearer {self.hearth.api_key}".encode())]
+
+
+async def one_call(r: Round) -> None:
+    """Connect, send the call, wait for the release, close stdin, read the one result."""
+    try:
+        async with open_websocket_url(r.url, extra_headers=r.headers, connect_timeout=30) as ws:
+            async with r.limiter:
+                await ws.send_message(CALL)
+            r.opened += 1
+            await r.release.wait()
+            await ws.send_message(CLOSE_STDIN)
+            r.results.append(json.loads(await ws.get_message()))
+    except Exception as e:  # a refused or broken connection is a finding, reported with the rest
+        r.errors.append(f"{type(e).__name__}: {e}")
+
+
+async def wait_for_cats(pid: int, count: int, r: Round | None = None) -> None:
+    """Until exactly ``count`` ``cat`` children run (bounded by PHASE_TIMEOUT; errors end it early)."""
+    with trio.move_on_after(PHASE_TIMEOUT):
+        while children(pid, "cat").count != count:
+            if r is not None and r.errors and r.opened + len(r.errors) >= r.count:
+                return
+            await trio.sleep(0.2)
+        return
+    raise BenchError(f"{children(pid, 'cat').count} cat processes after {PHASE_TIMEOUT:.0f} s, expected {count}")
+
+
+@dataclass
+class Measured:
+    count: int
+    before: Snapshot
+    held: Snapshot
+    after: Snapshot
+    open_seconds: float
+    release_seconds: float
+    fd_limit: int
+    errors: list[str]
+    failed_results: list[object]
+
+    @property
+    def per_call(self) -> float:
+        return (self.held.rss - self.before.rss) / self.count
+
+
+async def hold(hearth: Hearth, count: int, *, measure: bool) -> Measured | None:
+    """Open ``count`` idle calls, optionally measure while they are held, release them, check the results."""
+    pid, r = hearth.pid, Round(hearth, count)
+    await trio.sleep(SETTLE_SECONDS)
+    before = snapshot(pid)
+    async with trio.open_nursery() as nursery:
+        start = time.monotonic()
+        for _ in range(count):
+            nursery.start_soon(one_call, r)
+        await wait_for_cats(pid, count, r)
+        open_seconds = time.monotonic() - start
+        await trio.sleep(SETTLE_SECONDS if measure else 0)
+        held = snapshot(pid)
+        start = time.monotonic()
+        r.release.set()
+    await wait_for_cats(pid, 0)
+    release_seconds = time.monotonic() - start
+    await trio.sleep(SETTLE_SECONDS if measure else 0)
+    failed = [res for res in r.results if res != SUCCESS]
+    if not measure:
+        if r.errors or failed:
+            raise BenchError(f"warm-up calls failed: {(r.errors + failed)[:3]}")
+        return None
+    return Measured(
+        count, before, held, snapshot(pid), open_seconds, release_seconds, fd_limit(pid), r.errors, failed
+    )
+
+
+async def measure_async(hearth: Hearth, count: int) -> Measured:
+    with trio.fail_after(4 * PHASE_TIMEOUT):
+        await hold(hearth, WARMUP_CALLS, measure=False)
+        measured = await hold(hearth, count, measure=True)
+    assert measured is not None
+    return measured
+
+
+def kill_leftovers(pids: list[int]) -> list[int]:
+    """SIGKILL any of ``pids`` (the ``cat`` processes this benchmark made the server start) still alive."""
+    alive = []
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            alive.append(pid)
+        except ProcessLookupError:
+            pass
+    return alive
+
+
+def measure(count: int, workdir: Path) -> tuple[Measured, list[int]]:
+    nofile = count * FDS_PER_CALL + 256
+    raise_nofile(count + 256)  # this client: one socket a call
+    config = write_config(workdir / "hearth.toml", {CALL_NAME: ["cat"]}, limit=max(2 * count, 256))
+    with run_hearth(workdir, config=config, nofile=nofile) as hearth:
+        try:
+            measured = trio.run(measure_async, hearth, count)
+        finally:
+            seen = children(hearth.pid, "cat").pids
+    survivors = kill_leftovers(seen)
+    return measured, survivors
+
+
+def report(m: Measured, survivors: list[int]) -> None:
+    mib = 2**20
+    rows = [
+        ["server VmRSS before", f"{m.before.rss / mib:.1f} MiB", f"{m.before.fds}", f"{m.before.cats.count}"],
+        [f"with {m.count:,} idle calls", f"{m.held.rss / mib:.1f} MiB", f"{m.held.fds}", f"{m.held.cats.count}"],
+        ["after all ended", f"{m.after.rss / mib:.1f} MiB", f"{m.after.fds}", f"{m.after.cats.count}"],
+    ]
+    print_table(
+        f"idle_calls: {m.count:,} connected calls of `cat` waiting on stdin, one trio-websocket client process",
+        ["server", "VmRSS", "open fds", "cat procs"],
+        rows,
+    )
+    verdict = "ok" if m.per_call < BUDGET_BYTES else "OVER BUDGET"
+    print(f"server memory per idle call: {m.per_call / 1000:.1f} KB ({m.per_call / 1024:.1f} KiB), budget < 40 KB: {verdict}")
+    print(
+        f"fds per call: {(m.held.fds - m.before.fds) / m.count:.1f} (server limit {m.fd_limit}); "
+        f"cat processes: {m.held.cats.count} using {m.held.cats.rss / mib:.0f} MiB RSS in all (not the server's); "
+        f"all open in {m.open_seconds:.1f} s, all ended in {m.release_seconds:.1f} s"
+    )
+    if m.errors or m.failed_results or survivors:
+        print(f"problems: {len(m.errors)} client errors {m.errors[:3]}, {len(m.failed_results)} failed results "
+              f"{m.failed_results[:3]}, {len(survivors)} cat processes killed after the server stopped")
+
+
+def run(*, calls: int) -> dict[str, float]:
+    with temp_dir() as workdir:
+        measured, survivors = measure(calls, workdir)
+    report(measured, survivors)
+    if measured.errors or measured.failed_results:
+        raise BenchError(f"idle_calls: {len(measured.errors)} client errors, {len(measured.failed_results)} failures")
+    return {"idle_call_kb": round(measured.per_call / 1000, 1)}
