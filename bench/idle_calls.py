@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
-from trio_websocket import open_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
 
 from bench.calls import write_config
 from bench.harness import BenchError, Hearth, print_table, raise_nofile, rss_bytes, run_hearth, temp_dir
@@ -108,26 +107,38 @@ class Round:
         return [(b"Authorization", f"Bearer {self.hearth.api_key}".encode())]
 
 
-async def one_call(r: Round) -> None:
-    """Connect, send the call, wait for the release, close stdin, read the one result."""
+async def one_call(r: Round, nursery: trio.Nursery) -> None:
+    """Connect, send the call, wait for the release, close stdin, read the one result and the close."""
     try:
-        async with open_websocket_url(r.url, extra_headers=r.headers, connect_timeout=30) as ws:
-            async with r.limiter:
-                await ws.send_message(CALL)
-            r.opened += 1
-            await r.release.wait()
-            await ws.send_message(CLOSE_STDIN)
-            r.results.append(json.loads(await ws.get_message()))
+        async with r.limiter:
+            ws = await connect_websocket_url(nursery, r.url, extra_headers=r.headers)
+            await ws.send_message(CALL)
+        r.opened += 1
+        await r.release.wait()
+        await ws.send_message(CLOSE_STDIN)
+        r.results.append(json.loads(await ws.get_message()))
+        r.results.extend(await closed_with(ws))
     except Exception as e:  # a refused or broken connection is a finding, reported with the rest
         r.errors.append(f"{type(e).__name__}: {e}")
+
+
+async def closed_with(ws: WebSocketConnection) -> list[object]:
+    """Nothing more after the result: the server's close, with code 1000 (else what came instead)."""
+    try:
+        extra = await ws.get_message()
+    except ConnectionClosed as e:
+        code = e.reason.code if e.reason is not None else None
+        return [] if code == 1000 else [f"close {code}"]
+    await ws.aclose()
+    return [f"after the result: {extra!r}"]
 
 
 async def wait_for_cats(pid: int, count: int, r: Round | None = None) -> None:
     """Until exactly ``count`` ``cat`` children run (bounded by PHASE_TIMEOUT; errors end it early)."""
     with trio.move_on_after(PHASE_TIMEOUT):
-        while children(pid, "cat").count != count:
-            if r is not None and r.errors and r.opened + len(r.errors) >= r.count:
-                return
+        while (running := children(pid, "cat").count) != count:
+            if r is not None and r.errors and r.opened + len(r.errors) >= r.count and running >= r.opened:
+                return  # some calls failed: the others all run
             await trio.sleep(0.2)
         return
     raise BenchError(f"{children(pid, 'cat').count} cat processes after {PHASE_TIMEOUT:.0f} s, expected {count}")
@@ -147,7 +158,8 @@ class Measured:
 
     @property
     def per_call(self) -> float:
-        return (self.held.rss - self.before.rss) / self.count
+        """Bytes of server RSS per call that was running when measured."""
+        return (self.held.rss - self.before.rss) / max(1, self.held.cats.count)
 
 
 async def hold(hearth: Hearth, count: int, *, measure: bool) -> Measured | None:
@@ -158,7 +170,7 @@ async def hold(hearth: Hearth, count: int, *, measure: bool) -> Measured | None:
     async with trio.open_nursery() as nursery:
         start = time.monotonic()
         for _ in range(count):
-            nursery.start_soon(one_call, r)
+            nursery.start_soon(one_call, r, nursery)
         await wait_for_cats(pid, count, r)
         open_seconds = time.monotonic() - start
         await trio.sleep(SETTLE_SECONDS if measure else 0)
@@ -173,9 +185,7 @@ async def hold(hearth: Hearth, count: int, *, measure: bool) -> Measured | None:
         if r.errors or failed:
             raise BenchError(f"warm-up calls failed: {(r.errors + failed)[:3]}")
         return None
-    return Measured(
-        count, before, held, snapshot(pid), open_seconds, release_seconds, fd_limit(pid), r.errors, failed
-    )
+    return Measured(count, before, held, snapshot(pid), open_seconds, release_seconds, fd_limit(pid), r.errors, failed)
 
 
 async def measure_async(hearth: Hearth, count: int) -> Measured:
@@ -224,15 +234,18 @@ def report(m: Measured, survivors: list[int]) -> None:
         rows,
     )
     verdict = "ok" if m.per_call < BUDGET_BYTES else "OVER BUDGET"
-    print(f"server memory per idle call: {m.per_call / 1000:.1f} KB ({m.per_call / 1024:.1f} KiB), budget < 40 KB: {verdict}")
+    per_call = f"{m.per_call / 1000:.1f} KB ({m.per_call / 1024:.1f} KiB)"
+    print(f"server memory per idle call: {per_call}, budget < 40 KB: {verdict}")
     print(
         f"fds per call: {(m.held.fds - m.before.fds) / m.count:.1f} (server limit {m.fd_limit}); "
         f"cat processes: {m.held.cats.count} using {m.held.cats.rss / mib:.0f} MiB RSS in all (not the server's); "
         f"all open in {m.open_seconds:.1f} s, all ended in {m.release_seconds:.1f} s"
     )
     if m.errors or m.failed_results or survivors:
-        print(f"problems: {len(m.errors)} client errors {m.errors[:3]}, {len(m.failed_results)} failed results "
-              f"{m.failed_results[:3]}, {len(survivors)} cat processes killed after the server stopped")
+        print(
+            f"problems: {len(m.errors)} client errors {m.errors[:3]}, {len(m.failed_results)} failed results "
+            f"{m.failed_results[:3]}, {len(survivors)} cat processes killed after the server stopped"
+        )
 
 
 def run(*, calls: int) -> dict[str, float]:

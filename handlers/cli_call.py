@@ -97,9 +97,6 @@ class Streams:
         return True
 
 
-# -- the command line --------------------------------------------------------------------------------------------
-
-
 def call_command(settings: Settings, args: argparse.Namespace) -> int:
     """`hearth call [--url URL] [--token T] [--pow] NAME [PARAM...]`: run one call, return the exit status."""
     request = request_from_args(settings, args, os.environ)
@@ -138,9 +135,6 @@ def check_token(token: str) -> None:
     """A bearer token is visible ASCII: anything else could not travel in a header (or would split it)."""
     if not all(0x21 <= ord(c) <= 0x7E for c in token):
         raise ConfigError("--token", "contains characters that an HTTP header cannot carry")
-
-
-# -- one run: connect, call, report ------------------------------------------------------------------------------
 
 
 async def run_call(request: CallRequest, streams: Streams) -> int:
@@ -213,9 +207,6 @@ class CallRun:
         if outcome.status != EXIT_OK:
             print(f"hearth: {one_line(outcome.message)}", file=self.streams.err, flush=True)
         return outcome.status
-
-
-# -- one call on an open websocket -------------------------------------------------------------------------------
 
 
 class CallSession:
@@ -333,9 +324,6 @@ class InputLines:
         if not self._keep_ends:
             line = line.removesuffix("\n").removesuffix("\r")
         return [line[i : i + INPUT_FRAME_CHARS] for i in range(0, len(line), INPUT_FRAME_CHARS)] or [""]
-
-
-# -- frames and messages -----------------------------------------------------------------------------------------
 
 
 def parse_result(data: bytes) -> Outcome | None:

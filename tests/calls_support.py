@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import resource
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,7 +140,6 @@ class Transcript:
         """The one result; fails unless there is exactly one binary frame and it is the last frame."""
         assert len(self.binaries) == 1, f"expected exactly one result frame, got {self.binaries!r}"
         assert isinstance(self.frames[-1], bytes), f"text frames after the result: {self.frames[-3:]!r}"
-
         decoded: dict[str, Any] = json.loads(self.binaries[0])
         assert isinstance(decoded, dict), f"the result is not a JSON object: {self.binaries[0]!r}"
         return decoded
@@ -336,16 +335,20 @@ class RawSocket:
 
     async def read_all(self, transcript: Transcript) -> Transcript:
         """Frames until the server closes (answering pings and the close handshake)."""
-        while transcript.close_code is None:
+        await self.read_until(transcript, lambda t: False)
+        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.stream.aclose()
+        return transcript
+
+    async def read_until(self, transcript: Transcript, done: Callable[[Transcript], bool]) -> None:
+        """Frames into ``transcript`` until ``done`` says so or the connection is closed."""
+        while transcript.close_code is None and not done(transcript):
             try:
                 data = await self.stream.receive_some(256 * KIB)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             self.conn.receive_data(data or None)
             await self._handle(list(self.conn.events()), transcript)
-        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await self.stream.aclose()
-        return transcript
 
     async def _handle(self, events: list[Any], transcript: Transcript) -> None:
         for event in events:
@@ -362,7 +365,8 @@ class RawSocket:
                     await self._reply(self.conn.send(event.response()))
 
     async def _reply(self, data: bytes) -> None:
-        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        """Best effort: skipped while another task is in the middle of a send."""
+        with suppress(trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
             await self.stream.send_all(data)
 
 
