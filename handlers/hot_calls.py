@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import deque
 
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -133,6 +134,7 @@ class CallSocket(HotSocket):
         self._discarding = False
         self._cancels = 0
         self._partial_control = b""
+        self._stdin: StdinFeeder | None = None
         self.result: proto.CallResult | None = None
 
     # -- life of the connection -------------------------------------------------------------------------
@@ -171,7 +173,11 @@ class CallSocket(HotSocket):
         self._action = started
         if self._going_away:
             started.cancel(proto.MSG_SHUTTING_DOWN)
-        await self.run(started, CallFramer(call), stdin=started)
+        self._stdin = StdinFeeder(started, self._svc.settings.calls.buffer_bytes)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._stdin.run)
+            await self.run(started, CallFramer(call), stdin=started)
+            nursery.cancel_scope.cancel()
 
     async def _end_call(self, call: RunningCall) -> None:
         """The client may be gone: cancel what still runs; the audit gets the outcome either way."""
@@ -295,9 +301,12 @@ class CallSocket(HotSocket):
         """v1: each text frame is a line (``\\n`` added); pow-1: written exactly as received."""
         if finished and self._subprotocol != proto.POW1:
             data += b"\n"
-        # input after stdin closed, or after the process ended, is ignored
-        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-            await stdin.send_stdin(data)
+        if self._stdin is not None:
+            await self._stdin.put(data)
+
+    def _close_input(self) -> None:
+        if self._stdin is not None:
+            self._stdin.close()
 
     async def _control(self, action: Action, payload: bytes) -> None:
         message = proto.decode_signal(payload)
@@ -305,14 +314,60 @@ class CallSocket(HotSocket):
         if name == "cancel":
             self._cancels += 1
             if self._cancels > 1 and self._subprotocol == proto.POW1:
-                await _close_stdin(action)
+                self._close_input()
             action.cancel(proto.MSG_CANCELLED)
         elif name == "close":
-            await _close_stdin(action)
+            self._close_input()
         elif self._subprotocol == proto.POW1:
             action.cancel(proto.MSG_PROTOCOL_ERROR)
         else:
             self._svc.metrics.calls_ignored_frames.inc()
+
+
+class StdinFeeder:
+    """Client input on its way to the process, queued up to ``limit`` bytes in a task of its own, so that the
+    reader keeps reading control frames (cancel, close) while the process is slow to read its stdin. Past the
+    limit the reader waits (the client is slowed down by TCP); input after close is ignored."""
+
+    def __init__(self, action: Action, limit: int) -> None:
+        self._action = action
+        self._limit = limit
+        self._queue: deque[bytes | None] = deque()
+        self._bytes = 0
+        self._closed = False
+        self._ready = trio.Event()
+        self._room = trio.Event()
+
+    async def put(self, data: bytes) -> None:
+        while self._bytes and self._bytes + len(data) > self._limit and not self._closed:
+            self._room = trio.Event()
+            await self._room.wait()
+        if not self._closed:
+            self._queue.append(data)
+            self._bytes += len(data)
+            self._ready.set()
+
+    def close(self) -> None:
+        """Close stdin once what is queued is written."""
+        if not self._closed:
+            self._closed = True
+            self._queue.append(None)
+            self._ready.set()
+            self._room.set()
+
+    async def run(self) -> None:
+        while True:
+            while not self._queue:
+                self._ready = trio.Event()
+                await self._ready.wait()
+            item = self._queue.popleft()
+            if item is None:
+                await _close_stdin(self._action)
+                return
+            self._bytes -= len(item)
+            self._room.set()
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                await self._action.send_stdin(item)
 
 
 def _decode_first(payload: bytes) -> proto.CallMessage | proto.CallResult:
