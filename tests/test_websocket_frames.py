@@ -146,8 +146,15 @@ def test_line_splitter_joins_a_character_split_across_reads() -> None:
 
 def test_line_splitter_cuts_overlong_lines() -> None:
     split = LineSplitter(max_line=10)
-    assert split.feed(b"a" * 25) == [b"a" * 10, b"a" * 10, b"a" * 5]
-    assert split.feed(b"b" * 12 + b"\nc\n") == [b"b" * 10, b"bb", b"c"]
+    assert split.feed(b"a" * 25) == [b"a" * 10, b"a" * 10]  # the rest of the line may still come
+    assert split.feed(b"b" * 12 + b"\nc\n") == [b"a" * 5 + b"b" * 5, b"b" * 7, b"c"]
+
+
+def test_line_splitter_holds_a_line_of_exactly_the_limit_for_its_newline() -> None:
+    split = LineSplitter(max_line=10)
+    assert split.feed(b"x" * 10) == []
+    assert split.feed(b"\n") == [b"x" * 10]
+    assert split.flush() == []
 
 
 def test_line_splitter_cuts_overlong_lines_between_characters() -> None:

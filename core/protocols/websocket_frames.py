@@ -148,10 +148,15 @@ class LineSplitter:
         return self._cut_long([_clean(rest)]) if rest else []
 
     def _hold(self, data: bytes) -> list[bytes]:
+        """Keep an unterminated line; once it is longer than ``max_line``, send its full pieces (a line of
+        exactly ``max_line`` still waits: its newline may be next)."""
         self._partial += data
-        if len(self._partial) < self._max_line:
-            return []
-        return self.flush()
+        out: list[bytes] = []
+        while len(self._partial) > self._max_line:
+            cut = _char_boundary(self._partial, self._max_line)
+            out.extend(self._cut_long([_clean(self._partial[:cut])]))
+            self._partial = self._partial[cut:]
+        return out
 
     def _cut_long(self, lines: list[bytes]) -> list[bytes]:
         out: list[bytes] = []
@@ -163,6 +168,14 @@ class LineSplitter:
             text = line.decode()  # _clean made it valid UTF-8; cut on characters, then re-encode
             out.extend(_cut_text(text, limit))
         return out
+
+
+def _char_boundary(data: bytes, limit: int) -> int:
+    """``limit``, moved back so as not to split a UTF-8 sequence (continuation bytes are 0b10xxxxxx)."""
+    cut = limit
+    while cut > limit - 3 and cut > 1 and data[cut] & 0xC0 == 0x80:
+        cut -= 1
+    return cut
 
 
 def _clean(block: bytes) -> bytes:
