@@ -40,7 +40,7 @@ endef
 test-deps: $(TEST_STAMP)
 	$(call apt_install_missing,node:nodejs npm:npm)
 	@if [ -f tests/node/package.json ] && [ ! -d tests/node/node_modules/ws ]; then \
-		cd tests/node && npm install --no-audit --no-fund --loglevel=error; fi
+		cd tests/node && npm ci --no-audit --no-fund --loglevel=error; fi
 
 bench-deps: $(TEST_STAMP)
 	$(call apt_install_missing,websocketd:websocketd)
