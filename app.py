@@ -153,6 +153,7 @@ async def serve(settings: Settings, *, task_status: trio.TaskStatus[Any] = trio.
     lock.acquire()
     svc = await build_services(settings)
     try:
+        await _mark_interrupted_calls(svc)
         first = await svc.auth.ensure_first_admin()
         if first is not None:
             _print_first_credentials(first)
@@ -165,6 +166,15 @@ async def serve(settings: Settings, *, task_status: trio.TaskStatus[Any] = trio.
         svc.db.close()
         lock.release()
         log.info("stopped")
+
+
+async def _mark_interrupted_calls(svc: Any) -> None:
+    """Calls a crash left 'running' in the audit end as failures ('server stopped')."""
+    from core.audit import now_utc, rfc3339
+    from storage import call_history
+
+    if count := await call_history.mark_interrupted(svc.db, rfc3339(now_utc())):
+        log.warning("calls interrupted by the last stop marked as failed", extra={"count": count})
 
 
 def _print_first_credentials(first: Any) -> None:

@@ -15,7 +15,7 @@ import msgspec
 import trio
 
 from core.config import ActionSettings, Settings
-from core.errors import ActionError, ActionNotFound
+from core.errors import ActionManagerStopped, ActionNotFound
 from core.metrics import Metrics
 from core.output import DiskLog, OutputChunk, OutputGap, OutputHub, OutputReader, Stream, prepare_log_dir
 from core.processes import ProcessGroup, ProcessSpec, reap_orphans, start_error
@@ -387,7 +387,7 @@ class ActionManager:
 
     async def _start(self, action: Action, *, hold_output: bool = False) -> Action:
         if self._nursery is None:
-            raise ActionError("the action manager is not running")
+            raise ActionManagerStopped("the action manager is not running")
         if hold_output:
             action.hold_output()
         self._actions[action.id] = action

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from core.actions import Action, ActionResult
 from core.audit import now_utc, rfc3339
 from core.call_catalogue import CallRequest, CallSpec, check_params
+from core.errors import ActionManagerStopped
 from core.principals import Principal
 from core.protocols import calls as proto
 from core.services import Services
@@ -74,26 +75,28 @@ class CallService:
         spec = self._svc.calls.get(message.call)
         if spec is None:
             return failure(proto.MSG_UNKNOWN_CALL)
+        if (problem := check_params(spec, message.params)) is not None:
+            return failure(problem)  # first, so that an ownership rule may read its params safely
         if not await self._svc.calls.may_run(principal, spec, message.params):
             return failure(proto.MSG_PERMISSION_DENIED)
-        if (problem := check_params(spec, message.params)) is not None:
-            return failure(problem)
         if not self.limits.try_acquire(principal.describe()):
             return failure(proto.MSG_TOO_MANY)
         return RunningCall(spec, principal, list(message.params))
 
     async def start(self, call: RunningCall) -> Action | proto.CallResult:
         """Audit the call as running, then start its action; a failure to start is an internal error."""
-        call.record_id = await call_history.begin(
-            self._svc.db,
-            principal=call.principal.describe(),
-            user=call.principal.name,
-            call=call.spec.name,
-            params=call.spec.redacted(call.params),
-            started_at=rfc3339(now_utc()),
-        )
         try:
+            call.record_id = await call_history.begin(
+                self._svc.db,
+                principal=call.principal.describe(),
+                user=call.principal.name,
+                call=call.spec.name,
+                params=call.spec.redacted(call.params),
+                started_at=rfc3339(now_utc()),
+            )
             call.action = await call.spec.start(CallRequest(call.principal, call.params, self._svc))
+        except ActionManagerStopped:
+            return failure(proto.MSG_SHUTTING_DOWN)
         except Exception:
             return internal_error("call failed to start", call=call.spec.name)
         return call.action

@@ -112,6 +112,7 @@ class CallsSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_total: int = 256
     buffer_bytes: int = 1024 * 1024
     max_frame_bytes: int = 1024 * 1024
+    stdin_stall_seconds: float = 30.0
     commands: dict[str, CommandSettings] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -120,6 +121,7 @@ class CallsSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         _require_positive("calls.max_total", self.max_total)
         _require_positive("calls.buffer_bytes", self.buffer_bytes)
         _require_positive("calls.max_frame_bytes", self.max_frame_bytes)
+        _require_positive("calls.stdin_stall_seconds", self.stdin_stall_seconds)
 
 
 class LogSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

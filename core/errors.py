@@ -15,6 +15,7 @@
     │   ├── InvalidInput      422    well-formed but invalid values
     │   └── RateLimited       429
     ├── ActionError                  an action could not start or ended badly
+    │   ├── ActionManagerStopped     the server is stopping; nothing new starts
     │   ├── ActionNotFound           no such action id
     │   └── ProcessStartError        the executable could not be started
     └── SubscriberTooSlow     503    a bus subscriber fell too far behind and was cut off
@@ -97,6 +98,12 @@ class RateLimited(RequestError):
 
 class ActionError(HearthError):
     """An action could not be started, found or completed."""
+
+
+class ActionManagerStopped(ActionError):
+    """The server is shutting down: no new action starts."""
+
+    status = 503
 
 
 class ActionNotFound(ActionError):

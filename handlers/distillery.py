@@ -156,8 +156,10 @@ async def history() -> Response:
     authorize(principal, "calls.history.all" if everyone else "calls.history.own")
     limit = _int_arg("limit", default=50, low=1, high=500)
     before = _optional_int_arg("before", low=1, high=2**62)
-    user = None if everyone else principal.name
-    return json_response(await call_history.page(services().db, user=user, before_id=before, limit=limit))
+    user = None if everyone or not principal.name else principal.name
+    own = None if everyone or principal.name else principal.describe()  # a key with no user sees its own calls
+    rows = await call_history.page(services().db, user=user, principal=own, before_id=before, limit=limit)
+    return json_response(rows)
 
 
 def _call_info(spec: CallSpec) -> CallInfo:

@@ -8,35 +8,33 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import deque
 
 import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Event, Ping, Request, TextMessage
 
-from core.actions import Action, OutputChunk, OutputGap
+from core.actions import Action
 from core.call_service import CallService, RunningCall, call_result, failure, internal_error
 from core.errors import HearthError
 from core.principals import ANONYMOUS, CredentialKind, Principal
 from core.protocols import calls as proto
 from core.protocols.websocket_frames import (
+    CLOSE_INTERNAL_ERROR,
     CLOSE_NORMAL,
     CLOSE_TOO_BIG,
     OP_BINARY,
-    LineSplitter,
     encode_frame,
-    encode_text_lines,
 )
 from core.services import Services
-from handlers.hot_socket import Buffer, HotSocket
+from handlers.call_io import CallFramer, StdinFeeder
+from handlers.hot_socket import Framer, HotSocket
 from handlers.hot_ws import check_origin, credential_from_headers, handshake, refuse
 
 log = logging.getLogger("hearth.calls")
 
 CALL_PATHS = (b"/api/v1/ws/", b"/api/v1/ws")
 FACE = "calls"
-MAX_LINE_BYTES = 64 * 1024
 
 
 class CallRoutes:
@@ -88,27 +86,6 @@ class CallRoutes:
             return ANONYMOUS
 
 
-class CallFramer:
-    """stdout and stderr merged in arrival order, one TEXT frame a line, lines cut at 64 KiB."""
-
-    def __init__(self, call: RunningCall) -> None:
-        self._split = LineSplitter(max_line=MAX_LINE_BYTES)
-        self._call = call
-        self.missed = 0
-
-    def encode(self, item: OutputChunk | OutputGap) -> list[Buffer]:
-        if isinstance(item, OutputGap):
-            self.missed += item.missed_bytes
-            return self.finish()
-        self._call.bytes_out += len(item.data)
-        lines = self._split.feed(item.data)
-        return [encode_text_lines(lines)] if lines else []
-
-    def finish(self) -> list[Buffer]:
-        lines = self._split.flush()
-        return [encode_text_lines(lines)] if lines else []
-
-
 class CallSocket(HotSocket):
     """One call connection: the first message, then the action streamed with exactly one result."""
 
@@ -147,12 +124,17 @@ class CallSocket(HotSocket):
         self._first_scope.cancel()
 
     async def serve(self) -> None:
-        admitted = await self._admit()
+        try:
+            admitted = await self._admit()
+        except Exception:
+            admitted = internal_error("call admission failed")
         if isinstance(admitted, proto.CallResult):
             await self._answer_without_action(admitted)
             return
         try:
             await self._run_call(admitted)
+        except Exception:
+            await self._fail_unexpectedly("call failed")
         finally:
             with trio.CancelScope(shield=True):
                 await self._end_call(admitted)
@@ -167,17 +149,37 @@ class CallSocket(HotSocket):
         self._call = call
         started = await self._calls.start(call)
         if isinstance(started, proto.CallResult):
-            self.result = started
-            await self._send_result_and_close(started)
+            await self._answer_without_action(started)
             return
         self._action = started
         if self._going_away:
             started.cancel(proto.MSG_SHUTTING_DOWN)
-        self._stdin = StdinFeeder(started, self._svc.settings.calls.buffer_bytes)
+        settings = self._svc.settings.calls
+        self._stdin = StdinFeeder(started, settings.buffer_bytes, settings.stdin_stall_seconds)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._stdin.run)
             await self.run(started, CallFramer(call), stdin=started)
             nursery.cancel_scope.cancel()
+
+    async def _fail_unexpectedly(self, what: str) -> None:
+        """An exception of ours: the client still gets its one result, ``internal error (ref ID)``."""
+        result = internal_error(what)
+        if self._action is not None:
+            self._action.cancel(result.message)
+        if self.result is None and not self._close_written:
+            self.result = result
+            with trio.move_on_after(5), contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._send_result_and_close(result)
+
+    async def _stream_output(self, action: Action, framer: Framer) -> tuple[int, str]:
+        """As HotSocket, but an internal error still sends the call's one result."""
+        code, reason = await super()._stream_output(action, framer)
+        if code == CLOSE_INTERNAL_ERROR and self.result is None:
+            self.result = internal_error("call output failed")
+            action.cancel(self.result.message)
+            await self._send([_result_frame(self.result, self._subprotocol)])
+            return self._close_code, ""
+        return code, reason
 
     async def _end_call(self, call: RunningCall) -> None:
         """The client may be gone: cancel what still runs; the audit gets the outcome either way."""
@@ -227,6 +229,9 @@ class CallSocket(HotSocket):
         if isinstance(event, Ping) and self._ws.state is ConnectionState.OPEN:
             await self._send([self._ws.send(event.response())])
         elif isinstance(event, CloseConnection):
+            if self._ws.state is ConnectionState.OPEN:  # a frame wsproto could not parse (bad UTF-8, ...)
+                self._close_code = event.code
+                return failure(proto.MSG_UNKNOWN_CALL)
             await self._send_close(event.code, event.reason or "")
             return failure(proto.MSG_CANCELLED)
         elif isinstance(event, TextMessage):
@@ -263,6 +268,15 @@ class CallSocket(HotSocket):
                 pass
 
     # -- client frames during the call ----------------------------------------------------------------------
+
+    async def _on_event(self, event: Event, stdin: Action | None) -> bool:
+        """As HotSocket, but a frame wsproto could not parse (it reports a close while still OPEN) ends the call
+        with ``cancelled`` and its close code, after the result; the reader stops reading a broken stream."""
+        if isinstance(event, CloseConnection) and self._ws.state is ConnectionState.OPEN and self._action is not None:
+            self._close_code = event.code
+            self._action.cancel(proto.MSG_CANCELLED)
+            await trio.sleep_forever()  # the writer sends the result and the close, then ends this task
+        return await super()._on_event(event, stdin)
 
     async def _on_message(self, event: TextMessage | BytesMessage, stdin: Action | None) -> bool:
         data = event.data.encode() if isinstance(event, TextMessage) else bytes(event.data)
@@ -324,52 +338,6 @@ class CallSocket(HotSocket):
             self._svc.metrics.calls_ignored_frames.inc()
 
 
-class StdinFeeder:
-    """Client input on its way to the process, queued up to ``limit`` bytes in a task of its own, so that the
-    reader keeps reading control frames (cancel, close) while the process is slow to read its stdin. Past the
-    limit the reader waits (the client is slowed down by TCP); input after close is ignored."""
-
-    def __init__(self, action: Action, limit: int) -> None:
-        self._action = action
-        self._limit = limit
-        self._queue: deque[bytes | None] = deque()
-        self._bytes = 0
-        self._closed = False
-        self._ready = trio.Event()
-        self._room = trio.Event()
-
-    async def put(self, data: bytes) -> None:
-        while self._bytes and self._bytes + len(data) > self._limit and not self._closed:
-            self._room = trio.Event()
-            await self._room.wait()
-        if not self._closed:
-            self._queue.append(data)
-            self._bytes += len(data)
-            self._ready.set()
-
-    def close(self) -> None:
-        """Close stdin once what is queued is written."""
-        if not self._closed:
-            self._closed = True
-            self._queue.append(None)
-            self._ready.set()
-            self._room.set()
-
-    async def run(self) -> None:
-        while True:
-            while not self._queue:
-                self._ready = trio.Event()
-                await self._ready.wait()
-            item = self._queue.popleft()
-            if item is None:
-                await _close_stdin(self._action)
-                return
-            self._bytes -= len(item)
-            self._room.set()
-            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-                await self._action.send_stdin(item)
-
-
 def _decode_first(payload: bytes) -> proto.CallMessage | proto.CallResult:
     try:
         return proto.decode_call(payload)
@@ -381,8 +349,3 @@ def _decode_first(payload: bytes) -> proto.CallMessage | proto.CallResult:
 
 def _result_frame(result: proto.CallResult, subprotocol: str | None) -> bytes:
     return encode_frame(OP_BINARY, proto.encode_result(result, subprotocol))
-
-
-async def _close_stdin(action: Action) -> None:
-    with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-        await action.close_stdin()

@@ -57,15 +57,18 @@ async def finish(
     )
 
 
-async def page(db: Database, *, user: str | None, before_id: int | None, limit: int) -> list[CallRecord]:
-    """Newest first; ``user`` None means everyone's; ``before_id`` continues a previous page."""
+async def page(
+    db: Database, *, user: str | None, before_id: int | None, limit: int, principal: str | None = None
+) -> list[CallRecord]:
+    """Newest first; ``user`` and ``principal`` None mean everyone's; ``before_id`` continues a previous page."""
 
     def query(conn: sqlite_utils.Database) -> list[CallRecord]:
         where: list[str] = []
         params: list[object] = []
-        if user is not None:
-            where.append("user_name = ?")
-            params.append(user)
+        for column, value in (("user_name", user), ("principal", principal)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
         if before_id is not None:
             where.append("id < ?")
             params.append(before_id)

@@ -1,7 +1,7 @@
 """Exactly one result under pressure: frame and concurrency limits, backpressure, load, shutdown, and a few
 thousand randomized interleavings of output, input, cancel, close and disconnect (specs/calls.md §2, §5).
 
-HEARTH_FUZZ_CASES (default 2000) and HEARTH_FUZZ_SEED choose the interleavings; a failure names both."""
+HEARTH_FUZZ_CASES (default 3000) and HEARTH_FUZZ_SEED choose the interleavings; a failure names both."""
 
 from __future__ import annotations
 
@@ -212,7 +212,7 @@ async def read_pids(ws: WebSocketConnection, call: str) -> list[str]:
 
 # --- randomized interleavings -------------------------------------------------------------------------------------
 
-CASES = int(os.environ.get("HEARTH_FUZZ_CASES", "2000"))
+CASES = int(os.environ.get("HEARTH_FUZZ_CASES", "3000"))
 SEED = int(os.environ.get("HEARTH_FUZZ_SEED", "20240604"))
 PARALLEL = 40
 ALPHABET = "abcxyz 0123456789-_\té中🔥"

@@ -139,8 +139,9 @@ class LineSplitter:
         if self._partial:
             head = self._partial + head
         self._partial = data[end + 1 :]
-        lines = _clean(head).split(b"\n")
-        return self._cut_long(lines) if len(head) > self._max_line else lines
+        cleaned = _clean(head)  # replacing invalid UTF-8 can make it longer than ``head``
+        lines = cleaned.split(b"\n")
+        return self._cut_long(lines) if len(cleaned) > self._max_line else lines
 
     def flush(self) -> list[bytes]:
         """The unterminated last line, if any (at the end of the output, or before a gap)."""
@@ -152,7 +153,7 @@ class LineSplitter:
         exactly ``max_line`` still waits: its newline may be next)."""
         self._partial += data
         out: list[bytes] = []
-        while len(self._partial) > self._max_line:
+        while len(self._partial) - self._partial.endswith(b"\r") > self._max_line:  # a \r may precede its \n
             cut = _char_boundary(self._partial, self._max_line)
             out.extend(self._cut_long([_clean(self._partial[:cut])]))
             self._partial = self._partial[cut:]
