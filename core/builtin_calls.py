@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import tarfile
 import time
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 
 import trio
 
 from core.actions import Action, ActionContext
+from core.audit import now_utc, rfc3339
 from core.call_catalogue import CallCatalogue, CallRequest, CallSpec
 from core.principals import Role
 from core.services import Services
+from storage import audit as audit_log
+from storage import call_history
 
 VERSION = "0.1.0"
 STARTED = time.monotonic()
@@ -62,19 +67,42 @@ async def _info(ctx: ActionContext, svc: Services) -> int:
 
 
 async def _backup(ctx: ActionContext, svc: Services) -> int:
+    """A snapshot of the database (online backup API, integrity-checked) plus the data directory's own files
+    (the JWT secret, action logs), in one ``backups/hearth-<time>.tar.gz``; the archive's path comes last."""
     target = svc.settings.data_path / "backups"
     await trio.to_thread.run_sync(lambda: target.mkdir(mode=0o700, exist_ok=True))
     await _say(ctx, f"backing up {svc.db.path} with the online backup API")
-    path: Path = await trio.to_thread.run_sync(svc.db.backup_to, target)
-    size = await trio.to_thread.run_sync(lambda: path.stat().st_size)
-    await _say(ctx, f"checked integrity, {size} bytes")
-    await _say(ctx, str(path))
+    snapshot: Path = await trio.to_thread.run_sync(svc.db.backup_to, target)
+    await _say(ctx, "database snapshot written and checked; adding the data directory's files")
+    archive, size = await trio.to_thread.run_sync(_archive, svc.settings.data_path, snapshot)
+    await _say(ctx, f"archive written, {size} bytes")
+    await _say(ctx, str(archive))
     return 0
+
+
+def _archive(data_dir: Path, snapshot: Path) -> tuple[Path, int]:
+    """``snapshot`` as ``hearth.db`` and the data dir's other files (not the live database, not backups)."""
+    archive = snapshot.with_suffix(".tar.gz")
+    partial = archive.with_suffix(".partial")
+    skip = {"hearth.db", "hearth.db-wal", "hearth.db-shm", "hearth.lock", "backups"}
+    with tarfile.open(partial, "w:gz") as tar:
+        tar.add(snapshot, arcname="hearth.db")
+        for entry in sorted(data_dir.iterdir()):
+            if entry.name not in skip:
+                tar.add(entry, arcname=entry.name)
+    partial.chmod(0o600)
+    partial.rename(archive)
+    snapshot.unlink()
+    return archive, archive.stat().st_size
 
 
 async def _prune(ctx: ActionContext, svc: Services) -> int:
     before = len(svc.actions.list())
     svc.actions.prune()
-    removed = before - len(svc.actions.list())
-    await _say(ctx, f"finished actions forgotten (with their logs): {removed}")
+    await _say(ctx, f"finished actions forgotten (with their logs): {before - len(svc.actions.list())}")
+    days = svc.settings.storage.audit_retention_days
+    cutoff = rfc3339(now_utc() - timedelta(days=days))
+    await _say(ctx, f"audit rows older than {days} days removed: {await audit_log.delete_before(svc.db, cutoff)}")
+    removed = await call_history.delete_ended_before(svc.db, cutoff)
+    await _say(ctx, f"call records older than {days} days removed: {removed}")
     return 0

@@ -77,9 +77,11 @@ class StorageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     synchronous: Literal["full", "normal"] = "full"
     reader_connections: int = 4
     busy_timeout_ms: int = 5000
+    audit_retention_days: int = 365
 
     def __post_init__(self) -> None:
         _require_positive("storage.reader_connections", self.reader_connections)
+        _require_positive("storage.audit_retention_days", self.audit_retention_days)
 
 
 class CommandSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

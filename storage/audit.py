@@ -36,6 +36,11 @@ async def record(db: Database, entry: AuditEntry) -> None:
     await db.write(lambda conn: insert_entry(conn, entry))
 
 
+async def delete_before(db: Database, cutoff: str) -> int:
+    """Forget audit rows older than ``cutoff`` (RFC 3339)."""
+    return await db.write(lambda conn: conn.execute("DELETE FROM audit_log WHERE at < ?", [cutoff]).rowcount)
+
+
 async def recent(db: Database, *, action: str | None = None, limit: int = 100) -> list[AuditEntry]:
     """The newest entries first, optionally only those of one ``action``."""
 

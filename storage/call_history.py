@@ -79,6 +79,15 @@ async def page(
     return await db.read(query)
 
 
+async def delete_ended_before(db: Database, cutoff: str) -> int:
+    """Forget calls that ended before ``cutoff`` (RFC 3339); running ones are kept."""
+    return await db.write(
+        lambda conn: (
+            conn.execute("DELETE FROM call_history WHERE ended_at IS NOT NULL AND ended_at < ?", [cutoff]).rowcount
+        )
+    )
+
+
 async def mark_interrupted(db: Database, ended_at: str) -> int:
     """At start: calls left 'running' by a crash end as failures ('server stopped')."""
     return await db.write(
