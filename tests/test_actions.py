@@ -401,9 +401,10 @@ async def test_metrics_count_outcomes(harness: Harness) -> None:
 
 async def test_get_and_list_and_retention(tmp_path: Path) -> None:
     async with open_harness(tmp_path / "d", retain_finished=2) as h:
-        actions = [await h.manager.start_process(["true"], owner="a") for _ in range(4)]
-        for action in actions:
-            await action.wait_result()
+        actions = []
+        for _ in range(4):  # one after the other, so that they also end in this order
+            actions.append(await h.manager.start_process(["true"], owner="a"))
+            await actions[-1].wait_result()
         assert h.manager.get(actions[3].id) is actions[3]
         assert [a.id for a in h.manager.list()] == [a.id for a in actions[2:]]
         with pytest.raises(ActionNotFound):
