@@ -1,4 +1,4 @@
-"""``python -m bench [lines] [chunks] [idle]``: run the named benchmarks (all by default) and print the ratios."""
+"""``python -m bench [lines] [chunks] [idle] [calls] [idle_calls]``: run the named benchmarks (all by default)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from bench import idle, ws_output
+from bench import calls, idle, idle_calls, ws_output
 from bench.harness import BenchError, summary_json
 
-BENCHMARKS = ("lines", "chunks", "idle")
+BENCHMARKS = ("lines", "chunks", "idle", "calls", "idle_calls")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,10 +18,21 @@ def build_parser() -> argparse.ArgumentParser:
         "names", nargs="*", choices=[[], *BENCHMARKS], metavar="NAME", help=f"any of {', '.join(BENCHMARKS)}"
     )
     parser.add_argument("--repetitions", "-r", type=int, default=5, help="runs per server, interleaved (median)")
-    parser.add_argument("--lines", type=int, default=500_000, help="lines of the 'lines' benchmark")
+    parser.add_argument("--lines", type=int, default=500_000, help="lines of the 'lines' and 'calls' benchmarks")
     parser.add_argument("--megabytes", type=int, default=200, help="MiB of the 'chunks' benchmark")
+    parser.add_argument("--calls", type=int, default=1000, help="idle connected calls of the 'idle_calls' benchmark")
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
     return parser
+
+
+def run_one(name: str, args: argparse.Namespace) -> dict[str, float]:
+    if name == "idle":
+        return idle.run(repetitions=args.repetitions)
+    if name == "calls":
+        return calls.run(repetitions=args.repetitions, lines=args.lines)
+    if name == "idle_calls":
+        return idle_calls.run(calls=args.calls)
+    return ws_output.run(name, repetitions=args.repetitions, lines=args.lines, megabytes=args.megabytes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,12 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, object] = {}
     try:
         for name in names:
-            if name == "idle":
-                results.update(idle.run(repetitions=args.repetitions))
-            else:
-                results.update(
-                    ws_output.run(name, repetitions=args.repetitions, lines=args.lines, megabytes=args.megabytes)
-                )
+            results.update(run_one(name, args))
     except BenchError as e:
         print(f"bench: {e}", file=sys.stderr)
         return 1

@@ -3,7 +3,7 @@
 One client process (this one, trio-websocket) opens N connections; each sends one ``CallMessage`` for an
 administrator-defined ``cat`` command and keeps the connection open, so N ``cat`` processes wait on their stdin.
 The server's ``VmRSS`` is read before (after a warm-up round, so one-time allocations are not counted) and
-once all N ``cat`` processes run; the difference over N is the memory each idle call costs the server. The
+once all N ``cat`` processes run and the server is quiet; the difference over N is what an idle call costs it. The
 ``cat`` processes are counted apart (their memory is not the server's). Then every client sends
 ``{"signal":"close"}``; each call must end with ``{"success":true}`` and every ``cat`` must be gone.
 """
@@ -105,8 +105,20 @@ class Round:
     opened: int = 0
     results: list[object] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    release: trio.Event = field(default_factory=trio.Event)
+    early: int = 0  # calls the server answered before the release (refused, or failed)
+    waiting: set[trio.CancelScope] = field(default_factory=set)
+    released: bool = False
     limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(OPEN_AT_ONCE))
+
+    def settled(self, running: int) -> bool:
+        """Every client has its answer: a call running, a connection error, or an early result."""
+        connect_errors = len(self.errors) - self.early
+        return self.opened + connect_errors >= self.count and running >= self.opened - self.early
+
+    def release(self) -> None:
+        self.released = True
+        for scope in self.waiting:
+            scope.cancel()
 
     @property
     def url(self) -> str:
@@ -124,12 +136,30 @@ async def one_call(r: Round, nursery: trio.Nursery) -> None:
             ws = await connect_websocket_url(nursery, r.url, extra_headers=r.headers)
             await ws.send_message(CALL)
         r.opened += 1
-        await r.release.wait()
+        if early := await wait_release(r, ws):
+            r.errors.append(f"answered before the release: {early!r}")
+            r.early += 1
+            return
         await ws.send_message(CLOSE_STDIN)
         r.results.append(json.loads(await ws.get_message()))
         r.results.extend(await closed_with(ws))
     except Exception as e:  # a refused or broken connection is a finding, reported with the rest
         r.errors.append(f"{type(e).__name__}: {e}")
+
+
+async def wait_release(r: Round, ws: WebSocketConnection) -> bytes | str | None:
+    """Wait for the release; a message from the server before it (a call refused, or failed) is returned."""
+    with trio.CancelScope() as scope:
+        r.waiting.add(scope)
+        if r.released:
+            scope.cancel()
+        try:
+            return await ws.get_message()
+        except ConnectionClosed as e:
+            return f"closed: {e.reason}"
+        finally:
+            r.waiting.discard(scope)
+    return None
 
 
 async def closed_with(ws: WebSocketConnection) -> list[object]:
@@ -147,11 +177,14 @@ async def wait_for_cats(pid: int, count: int, r: Round | None = None) -> None:
     """Until exactly ``count`` ``cat`` children run (bounded by PHASE_TIMEOUT; errors end it early)."""
     with trio.move_on_after(PHASE_TIMEOUT):
         while (running := children(pid, "cat").count) != count:
-            if r is not None and r.errors and r.opened + len(r.errors) >= r.count and running >= r.opened:
+            if r is not None and r.errors and r.settled(running):
                 return  # some calls failed: the others all run
             await trio.sleep(0.2)
         return
-    raise BenchError(f"{children(pid, 'cat').count} cat processes after {PHASE_TIMEOUT:.0f} s, expected {count}")
+    clients = f"; clients: {r.opened} calls sent, {len(r.errors)} errors {r.errors[:2]}" if r is not None else ""
+    raise BenchError(
+        f"{children(pid, 'cat').count} cat processes after {PHASE_TIMEOUT:.0f} s, expected {count}{clients}"
+    )
 
 
 async def settle(pid: int) -> None:
@@ -198,7 +231,7 @@ async def hold(hearth: Hearth, count: int, *, measure: bool) -> Measured | None:
         open_seconds = time.monotonic() - start - SETTLE_SECONDS
         held = snapshot(pid)
         start = time.monotonic()
-        r.release.set()
+        r.release()
     await wait_for_cats(pid, 0)
     await settle(pid)
     release_seconds = time.monotonic() - start - SETTLE_SECONDS
@@ -216,6 +249,17 @@ async def measure_async(hearth: Hearth, count: int) -> Measured:
         measured = await hold(hearth, count, measure=True)
     assert measured is not None
     return measured
+
+
+def raise_bench_error(group: BaseExceptionGroup[BaseException]) -> None:
+    """A BenchError from inside the client's nurseries, raised as itself."""
+    found = [e for e in leaves(group) if isinstance(e, BenchError)]
+    if found:
+        raise BenchError("; ".join(str(e) for e in found)) from group
+
+
+def leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    return [leaf for e in group.exceptions for leaf in (leaves(e) if isinstance(e, BaseExceptionGroup) else [e])]
 
 
 def kill_leftovers(pids: list[int]) -> list[int]:
@@ -237,6 +281,11 @@ def measure(count: int, workdir: Path) -> tuple[Measured, list[int]]:
     with run_hearth(workdir, config=config, nofile=nofile) as hearth:
         try:
             measured = trio.run(measure_async, hearth, count)
+        except BaseExceptionGroup as group:
+            raise_bench_error(group)
+            raise
+        except trio.TooSlowError:
+            raise BenchError(f"idle_calls took longer than {4 * PHASE_TIMEOUT:.0f} s") from None
         finally:
             seen = children(hearth.pid, "cat").pids
     survivors = kill_leftovers(seen)
@@ -259,7 +308,7 @@ def report(m: Measured, survivors: list[int]) -> None:
     per_call = f"{m.per_call / 1000:.1f} KB ({m.per_call / 1024:.1f} KiB)"
     print(f"server memory per idle call: {per_call}, budget < 40 KB: {verdict}")
     print(
-        f"fds per call: {(m.held.fds - m.before.fds) / m.count:.1f} (server limit {m.fd_limit}); "
+        f"fds per call: {(m.held.fds - m.before.fds) / max(1, m.held.cats.count):.1f} (server limit {m.fd_limit}); "
         f"cat processes: {m.held.cats.count} using {m.held.cats.rss / mib:.0f} MiB RSS in all (not the server's); "
         f"all set up in {m.open_seconds:.1f} s, all ended in {m.release_seconds:.1f} s (to a quiet server)"
     )
