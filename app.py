@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -151,6 +152,7 @@ async def serve(settings: Settings, *, task_status: trio.TaskStatus[Any] = trio.
 
     lock = ServerLock(prepare_data_dir(settings))
     lock.acquire()
+    raise_open_file_limit()
     svc = await build_services(settings)
     try:
         await _mark_interrupted_calls(svc)
@@ -166,6 +168,21 @@ async def serve(settings: Settings, *, task_status: trio.TaskStatus[Any] = trio.
         svc.db.close()
         lock.release()
         log.info("stopped")
+
+
+def raise_open_file_limit() -> int:
+    """Every websocket, process pipe and database file is a descriptor: lift the soft limit to the hard one
+    (a call holds about 7), and return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the open file limit", extra={"soft": soft, "hard": hard, "error": str(e)})
+    log.info("open file limit", extra={"nofile": soft})
+    return int(soft)
 
 
 async def _mark_interrupted_calls(svc: Any) -> None:

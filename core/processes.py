@@ -102,6 +102,54 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def scan_groups() -> dict[int, list[int]]:
+    """One pass over /proc: process group -> its live (non-zombie) members."""
+    groups: dict[int, list[int]] = {}
+    for entry in os.scandir(PROC):
+        if entry.name.isdigit():
+            fields = _stat(int(entry.name))
+            if fields and fields[0] != "Z":
+                groups.setdefault(int(fields[2]), []).append(int(entry.name))
+    return groups
+
+
+class GroupScanner:
+    """Answers "who is left in group G?" for many callers with shared /proc scans: a caller is answered by the
+    first scan that *starts* after it asked (so no answer predates the question), and every caller waiting at
+    that moment shares it. A thousand calls ending together cost a few scans, not a thousand."""
+
+    def __init__(self) -> None:
+        self._waiting: list[tuple[int, dict[int, list[int]]]] = []
+        self._scanning = False
+        self._scan_done = trio.Event()
+
+    async def members(self, pgid: int) -> list[int]:
+        answer: dict[int, list[int]] = {}
+        self._waiting.append((pgid, answer))
+        while pgid not in answer:
+            if self._scanning:
+                await self._scan_done.wait()
+            else:
+                await self._scan()
+        return answer[pgid]
+
+    async def _scan(self) -> None:
+        self._scanning = True
+        batch, self._waiting = self._waiting, []
+        try:
+            groups = await trio.to_thread.run_sync(scan_groups)
+            for pgid, answer in batch:
+                answer[pgid] = groups.get(pgid, [])
+        finally:
+            self._waiting[:0] = [(g, a) for g, a in batch if g not in a]  # a cancelled scan: ask again
+            self._scanning = False
+            self._scan_done.set()
+            self._scan_done = trio.Event()
+
+
+SCANNER = GroupScanner()
+
+
 def signal_group(pgid: int, sig: int) -> bool:
     """Send ``sig`` to the whole group; False when nothing in it could be signalled."""
     try:
@@ -115,7 +163,7 @@ async def wait_groups_empty(pgids: Iterable[int], deadline: float) -> list[int]:
     """Poll until every group is empty or ``deadline`` (trio clock) passes; returns the groups still alive."""
     pending = list(pgids)
     while pending:
-        pending = [g for g in pending if await trio.to_thread.run_sync(group_members, g)]
+        pending = [g for g in pending if await SCANNER.members(g)]
         if not pending or trio.current_time() >= deadline:
             break
         await trio.sleep(POLL_SECONDS)
@@ -203,7 +251,7 @@ class ProcessGroup:
 
     async def empty_group(self, grace: float) -> None:
         """After the leader exited: SIGTERM what is left of the group, SIGKILL it at the grace period's end."""
-        if not await trio.to_thread.run_sync(group_members, self.pgid):
+        if not await SCANNER.members(self.pgid):
             return
         kill_at = (self.term_sent_at if self.term_sent_at is not None else trio.current_time()) + grace
         self.terminate()

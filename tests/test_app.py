@@ -74,3 +74,32 @@ def test_database_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "is not a SQLite database" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_lifts_the_open_file_limit_to_the_hard_limit(tmp_path: Path) -> None:
+    import json
+    import resource
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096))
+
+    server = subprocess.Popen(
+        [sys.executable, "app.py", "serve", "--port", "0", "--data-dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=low_soft_limit,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        assert server.stderr is not None
+        for line in server.stderr:
+            record = json.loads(line)
+            if record["msg"] == "open file limit":
+                assert record["nofile"] == 4096
+                break
+        else:
+            raise AssertionError("no 'open file limit' log line")
+    finally:
+        server.terminate()
+        server.communicate(timeout=20)
