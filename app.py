@@ -152,8 +152,8 @@ async def serve(settings: Settings, *, task_status: trio.TaskStatus[Any] = trio.
 
     lock = ServerLock(prepare_data_dir(settings))
     lock.acquire()
-    raise_open_file_limit()
     svc = await build_services(settings)
+    raise_open_file_limit()
     try:
         await _mark_interrupted_calls(svc)
         first = await svc.auth.ensure_first_admin()
