@@ -163,7 +163,11 @@ class Action:
 
     async def _run_logged(self, ready: Callable[[], None]) -> ActionResult:
         async with trio.open_nursery() as nursery:
-            await nursery.start(self._log.run, self._hub)
+
+            async def start_log() -> None:
+                await nursery.start(self._log.run, self._hub)
+
+            self._hub.before_first_output(start_log)  # an action that prints nothing costs no file and no task
             try:
                 return await self._body(ready)
             finally:

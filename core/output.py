@@ -179,6 +179,7 @@ class OutputHub:
         self._closed = trio.Event()
         self._released = trio.Event()  # publishing waits while this is unset (see ``hold``)
         self._released.set()
+        self._first_output: Callable[[], Awaitable[None]] | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -195,6 +196,10 @@ class OutputHub:
     def reader_count(self) -> int:
         return len(self._readers)
 
+    def before_first_output(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run ``hook`` once, just before the first chunk is appended (e.g. attach the disk log then)."""
+        self._first_output = hook
+
     def hold(self) -> None:
         """Publish nothing until the first lossless reader attaches (or the action is cancelled): a face that
         starts an action and then attaches loses no output past the ring. Call before any output."""
@@ -207,6 +212,9 @@ class OutputHub:
         if not self._released.is_set():
             await self._released.wait()
         async with self._lock:
+            if self._first_output is not None:
+                hook, self._first_output = self._first_output, None
+                await hook()
             chunk = OutputChunk(stream, data, self._ring.end_offset)
             self._ring.append(chunk)
             for reader in tuple(self._readers):

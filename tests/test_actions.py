@@ -403,7 +403,7 @@ async def test_get_and_list_and_retention(tmp_path: Path) -> None:
     async with open_harness(tmp_path / "d", retain_finished=2) as h:
         actions = []
         for _ in range(4):  # one after the other, so that they also end in this order
-            actions.append(await h.manager.start_process(["true"], owner="a"))
+            actions.append(await h.manager.start_process(["echo", "x"], owner="a"))
             await actions[-1].wait_result()
         assert h.manager.get(actions[3].id) is actions[3]
         assert [a.id for a in h.manager.list()] == [a.id for a in actions[2:]]
@@ -490,3 +490,13 @@ async def test_held_output_waits_for_the_first_reader(data_dir: Path) -> None:
             assert await read_everything(held) == (total, 0)
             size, missed = await read_everything(plain)
     assert missed > 0 and size + missed == total  # without the hold, the ring kept only its tail
+
+
+async def test_an_action_without_output_writes_no_log_file(data_dir: Path) -> None:
+    async with open_harness(data_dir) as h:
+        silent = await h.manager.start_process(["true"], owner="a")
+        talking = await h.manager.start_process(["echo", "hello"], owner="a")
+        await silent.wait_result()
+        await talking.wait_result()
+    assert not silent.log_path.exists()
+    assert talking.log_path.read_bytes() == b"hello\n"
