@@ -200,6 +200,10 @@ class ProcessAction(Action):
         self._stdin_lock = trio.Lock()
         self._stdin_closed = False
 
+    def _on_cancel(self) -> None:
+        if self._group is not None:
+            self._group.interrupt()  # SIGTERM now; a cancel before the group exists is seen when it starts
+
     async def send_stdin(self, data: bytes) -> None:
         """Write to the process's stdin, waiting for pipe capacity; ClosedResourceError after close or end,
         BrokenResourceError when the process closed its end."""

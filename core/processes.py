@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import functools
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -196,6 +197,7 @@ class ProcessGroup:
         self._pidfd = _open_pidfd(process.pid)
         self.term_sent_at: float | None = None
         self.reaped = False
+        self._wait_scope: trio.CancelScope | None = None
 
     @classmethod
     async def spawn(cls, spec: ProcessSpec) -> ProcessGroup:
@@ -294,22 +296,37 @@ class ProcessGroup:
                 pumps.start_soon(_pump, self.process.stdout, "stdout", publish, chunk_bytes)
             if self.process.stderr is not None:
                 pumps.start_soon(_pump, self.process.stderr, "stderr", publish, chunk_bytes)
-            async with trio.open_nursery() as watcher:
-                watcher.start_soon(self._terminate_on, cancel, grace)
-                await self.wait_leader_exit()
-                cancelled = cancel.is_set()
-                watcher.cancel_scope.cancel()
+            await self._wait_leader_or_cancel(cancel, grace)
+            cancelled = cancel.is_set()
             await self.empty_group(grace)
             code = await self.reap()
             pumps.cancel_scope.deadline = trio.current_time() + grace
         return code, cancelled
 
-    async def _terminate_on(self, cancel: trio.Event, grace: float) -> None:
-        await cancel.wait()
-        self.terminate()
-        await trio.sleep(grace)
-        log.info("grace period over: SIGKILL", extra={"pgid": self.pgid})
-        self.kill()
+    def interrupt(self) -> None:
+        """The action was cancelled: wake ``_wait_leader_or_cancel`` (no task of its own watches for it)."""
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+
+    async def _wait_leader_or_cancel(self, cancel: trio.Event, grace: float) -> None:
+        """Wait for the leader to exit; once ``cancel`` is set (``interrupt`` wakes us), SIGTERM the group, and
+        SIGKILL it ``grace`` later if the leader is still there."""
+        kill_at = math.inf
+        while True:
+            with trio.CancelScope(deadline=kill_at) as scope:
+                self._wait_scope = scope
+                if not (cancel.is_set() and self.term_sent_at is None):
+                    await self.wait_leader_exit()
+                    self._wait_scope = None
+                    return
+            self._wait_scope = None
+            if self.term_sent_at is None:
+                self.terminate()
+                kill_at = trio.current_time() + grace
+            elif trio.current_time() >= kill_at:
+                log.info("grace period over: SIGKILL", extra={"pgid": self.pgid})
+                self.kill()
+                kill_at = math.inf
 
 
 async def _pump(stream: trio.abc.ReceiveStream, name: Stream, publish: Publish, size: int) -> None:

@@ -112,6 +112,7 @@ class CallSocket(HotSocket):
         self._cancels = 0
         self._partial_control = b""
         self._stdin: StdinFeeder | None = None
+        self._io: trio.Nursery | None = None
         self.result: proto.CallResult | None = None
 
     # -- life of the connection -------------------------------------------------------------------------
@@ -154,10 +155,8 @@ class CallSocket(HotSocket):
         self._action = started
         if self._going_away:
             started.cancel(proto.MSG_SHUTTING_DOWN)
-        settings = self._svc.settings.calls
-        self._stdin = StdinFeeder(started, settings.buffer_bytes, settings.stdin_stall_seconds)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._stdin.run)
+            self._io = nursery  # the stdin feeder starts there at the first input: an idle call has no such task
             await self.run(started, CallFramer(call), stdin=started)
             nursery.cancel_scope.cancel()
 
@@ -315,12 +314,20 @@ class CallSocket(HotSocket):
         """v1: each text frame is a line (``\\n`` added); pow-1: written exactly as received."""
         if finished and self._subprotocol != proto.POW1:
             data += b"\n"
-        if self._stdin is not None:
-            await self._stdin.put(data)
+        if (feeder := self._feeder()) is not None:
+            await feeder.put(data)
 
     def _close_input(self) -> None:
-        if self._stdin is not None:
-            self._stdin.close()
+        if (feeder := self._feeder()) is not None:
+            feeder.close()
+
+    def _feeder(self) -> StdinFeeder | None:
+        """The call's stdin feeder, started on first use."""
+        if self._stdin is None and self._io is not None and self._action is not None:
+            settings = self._svc.settings.calls
+            self._stdin = StdinFeeder(self._action, settings.buffer_bytes, settings.stdin_stall_seconds)
+            self._io.start_soon(self._stdin.run)
+        return self._stdin
 
     async def _control(self, action: Action, payload: bytes) -> None:
         message = proto.decode_signal(payload)
