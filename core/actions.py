@@ -365,11 +365,17 @@ class ActionManager:
         timeout: float | None = None,  # noqa: ASYNC109 - the action's time limit, not this call's
         inherit_env: bool = True,
         hold_output: bool = False,
+        merge_stderr: bool = False,
     ) -> Action:
         """Start ``argv`` in its own process group. Invalid arguments raise ProcessStartError; a program or cwd
         that cannot be started gives an action already finished with ``result.error`` set."""
         spec = ProcessSpec(
-            argv=list(argv), cwd=cwd, env=None if env is None else dict(env), timeout=timeout, inherit_env=inherit_env
+            argv=list(argv),
+            cwd=cwd,
+            env=None if env is None else dict(env),
+            timeout=timeout,
+            inherit_env=inherit_env,
+            merge_stderr=merge_stderr,
         )
         action = ProcessAction(
             spec, self._db, name=name or argv[0], owner=owner, settings=self._settings, log_dir=self.log_dir

@@ -124,6 +124,7 @@ def command_call(name: str, command: CommandSettings) -> CallSpec:
             timeout=command.timeout,
             inherit_env=False,
             hold_output=True,
+            merge_stderr=True,  # specs/calls.md §2: stdout and stderr merged in arrival order
         )
 
     return CallSpec(

@@ -42,6 +42,7 @@ class ProcessSpec(msgspec.Struct, frozen=True, kw_only=True):
     env: dict[str, str] | None = None
     timeout: float | None = None
     inherit_env: bool = True
+    merge_stderr: bool = False  # stderr into the stdout pipe (2>&1): one pipe, one pump, arrival order kept
 
     def __post_init__(self) -> None:
         if not self.argv or not self.argv[0]:
@@ -209,7 +210,7 @@ class ProcessGroup:
             start_new_session=True,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.STDOUT if spec.merge_stderr else subprocess.PIPE,
         )
         return cls(process, spec.argv)
 
