@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
 
 from core.auth import LOCAL_ADMIN
 from core.principals import Role
@@ -163,9 +164,14 @@ async def test_stdin_route_feeds_and_closes(server: RunningServer, admin: dict[s
 async def test_stdin_route_refuses_oversized_bodies(server: RunningServer, admin: dict[str, str]) -> None:
     info = (await start(server, admin, argv=["cat"])).json()
     limit = server.services.settings.server.max_body_bytes
-    async with server.client(headers=admin) as client:
-        response = await client.post(f"/api/v1/actions/{info['id']}/stdin", content=b"x" * (limit + 1))
-    assert response.status_code == 413
+    path = f"/api/v1/actions/{info['id']}/stdin"
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {admin['Authorization']}\r\n"
+    head += f"Content-Length: {limit + 1}\r\n\r\n"
+    with trio.fail_after(10):  # a plain socket: the server answers 413 on the announced length, before the body
+        async with await trio.open_tcp_stream("127.0.0.1", server.port) as stream:
+            await stream.send_all(head.encode())
+            status_line = (await stream.receive_some()).split(b"\r\n", 1)[0]
+    assert status_line.split()[1] == b"413"
     server.services.actions.get(info["id"]).cancel()
 
 
