@@ -28,7 +28,7 @@ from core.protocols.websocket_frames import (
 )
 from core.services import Services
 from handlers.call_io import CallFramer, StdinFeeder
-from handlers.hot_socket import Framer, HotSocket
+from handlers.hot_socket import Framer, HotSocket, OpenSockets
 from handlers.hot_ws import check_origin, credential_from_headers, handshake, refuse
 
 log = logging.getLogger("hearth.calls")
@@ -43,14 +43,13 @@ class CallRoutes:
     def __init__(self, svc: Services) -> None:
         self._svc = svc
         self._calls = CallService(svc)
-        self._sockets: set[CallSocket] = set()
+        self._sockets = OpenSockets(svc.metrics.websockets_open.labels(face=FACE))
 
     def wants(self, method: bytes, path: bytes) -> bool:
         return method == b"GET" and path in CALL_PATHS
 
     def going_away(self) -> None:
-        for sock in tuple(self._sockets):
-            sock.going_away()
+        self._sockets.going_away()
 
     async def handle(self, stream: trio.SocketStream, data: bytes) -> None:
         ws = WSConnection(ConnectionType.SERVER)
@@ -63,14 +62,8 @@ class CallRoutes:
         subprotocol = proto.choose_subprotocol(list(request.subprotocols))
         await stream.send_all(ws.send(AcceptConnection(subprotocol=subprotocol)))
         sock = CallSocket(stream, ws, self._svc, self._calls, principal, subprotocol)
-        gauge = self._svc.metrics.websockets_open.labels(face=FACE)
-        self._sockets.add(sock)
-        gauge.inc()
-        try:
+        with self._sockets.tracking(sock):
             await sock.serve()
-        finally:
-            gauge.dec()
-            self._sockets.discard(sock)
 
     async def _principal(self, request: Request) -> Principal:
         """The caller; no credential, or one that does not check out, is anonymous (told in the result)."""

@@ -8,11 +8,14 @@ close handshake at most ``CLOSE_TIMEOUT_SECONDS``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from typing import Protocol
 
 import trio
+from prometheus_client import Gauge
 from wsproto import WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
@@ -250,6 +253,29 @@ class HotSocket:
         if stdin is not None:
             await _feed_stdin(stdin, data, close=isinstance(event, BytesMessage) and not data)
         return False
+
+
+class OpenSockets:
+    """The hot sockets of one route set, counted in ``hearth_websockets_open{face}``; ``going_away`` tells
+    every one of them that the server is stopping."""
+
+    def __init__(self, gauge: Gauge) -> None:
+        self._gauge = gauge
+        self._sockets: set[HotSocket] = set()
+
+    def going_away(self) -> None:
+        for sock in tuple(self._sockets):
+            sock.going_away()
+
+    @contextlib.contextmanager
+    def tracking(self, sock: HotSocket) -> Iterator[None]:
+        self._sockets.add(sock)
+        self._gauge.inc()
+        try:
+            yield
+        finally:
+            self._gauge.dec()
+            self._sockets.discard(sock)
 
 
 async def send_buffers(sock: trio.socket.SocketType, buffers: list[Buffer]) -> None:

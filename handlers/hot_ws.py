@@ -28,7 +28,7 @@ from core.authz import Resource, Rule, authorize, register_action
 from core.errors import BadRequest, Forbidden, HearthError, Unauthenticated
 from core.principals import Credential, CredentialKind, Principal
 from core.services import Services
-from handlers.hot_socket import ChunkFramer, Framer, HotSocket, LineFramer
+from handlers.hot_socket import ChunkFramer, Framer, HotSocket, LineFramer, OpenSockets
 from storage import audit as audit_log
 
 log = logging.getLogger("hearth.hot")
@@ -59,14 +59,13 @@ class HotWebsockets:
 
     def __init__(self, svc: Services) -> None:
         self._svc = svc
-        self._sockets: set[HotSocket] = set()
+        self._sockets = OpenSockets(svc.metrics.websockets_open.labels(face=FACE))
 
     def wants(self, method: bytes, path: bytes) -> bool:
         return method == b"GET" and (path == EXEC_PATH or _OUTPUT_PATH.fullmatch(path) is not None)
 
     def going_away(self) -> None:
-        for sock in tuple(self._sockets):
-            sock.going_away()
+        self._sockets.going_away()
 
     async def handle(self, stream: trio.SocketStream, data: bytes) -> None:
         """Serve one connection whose first bytes (a complete request head, maybe more) are ``data``."""
@@ -90,14 +89,8 @@ class HotWebsockets:
     async def _serve(self, stream: trio.SocketStream, ws: WSConnection, plan: Plan) -> None:
         await stream.send_all(ws.send(AcceptConnection()))
         sock = HotSocket(stream, ws, max_message_bytes=self._svc.settings.server.max_ws_message_bytes)
-        gauge = self._svc.metrics.websockets_open.labels(face=FACE)
-        self._sockets.add(sock)
-        gauge.inc()
-        try:
+        with self._sockets.tracking(sock):
             await sock.run(plan.action, plan.framer(), stdin=plan.action if plan.owned else None)
-        finally:
-            gauge.dec()
-            self._sockets.discard(sock)
 
     async def _prepare(self, request: Request) -> Plan:
         """Authenticate, authorize and find (or start) the action; a HearthError refuses the upgrade."""
