@@ -10,9 +10,8 @@ import contextlib
 import logging
 
 import trio
-from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
-from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Event, Ping, Request, TextMessage
+from wsproto.connection import Connection, ConnectionState
+from wsproto.events import BytesMessage, CloseConnection, Event, Ping, Request, TextMessage
 
 from core.actions import Action
 from core.call_service import CallService, RunningCall, call_result, failure, internal_error
@@ -28,8 +27,8 @@ from core.protocols.websocket_frames import (
 )
 from core.services import Services
 from handlers.call_io import CallFramer, StdinFeeder
-from handlers.hot_socket import Framer, HotSocket, OpenSockets
-from handlers.hot_ws import check_origin, credential_from_headers, handshake, refuse
+from handlers.hot_socket import HotSocket, OpenSockets
+from handlers.hot_ws import accept, check_origin, credential_from_headers, read_upgrade
 
 log = logging.getLogger("hearth.calls")
 
@@ -52,18 +51,17 @@ class CallRoutes:
         self._sockets.going_away()
 
     async def handle(self, stream: trio.SocketStream, data: bytes) -> None:
-        ws = WSConnection(ConnectionType.SERVER)
-        try:
-            request = handshake(ws, data)
-            principal = await self._principal(request)
-        except HearthError as e:
-            await refuse(stream, e.status, e.detail)
+        upgrade = await read_upgrade(stream, data, self._prepare)
+        if upgrade is None:
             return
-        subprotocol = proto.choose_subprotocol(list(request.subprotocols))
-        await stream.send_all(ws.send(AcceptConnection(subprotocol=subprotocol)))
-        sock = CallSocket(stream, ws, self._svc, self._calls, principal, subprotocol)
+        ws, (principal, subprotocol) = upgrade
+        conn = await accept(stream, ws, subprotocol)
+        sock = CallSocket(stream, conn, self._svc, self._calls, principal, subprotocol)
         with self._sockets.tracking(sock):
             await sock.serve()
+
+    async def _prepare(self, request: Request) -> tuple[Principal, str | None]:
+        return await self._principal(request), proto.choose_subprotocol(list(request.subprotocols))
 
     async def _principal(self, request: Request) -> Principal:
         """The caller; no credential, or one that does not check out, is anonymous (told in the result)."""
@@ -85,7 +83,7 @@ class CallSocket(HotSocket):
     def __init__(
         self,
         stream: trio.SocketStream,
-        ws: WSConnection,
+        ws: Connection,
         svc: Services,
         calls: CallService,
         principal: Principal,
@@ -105,7 +103,7 @@ class CallSocket(HotSocket):
         self._cancels = 0
         self._partial_control = b""
         self._stdin: StdinFeeder | None = None
-        self._io: trio.Nursery | None = None
+        self._stdin_scope: trio.CancelScope | None = None
         self.result: proto.CallResult | None = None
 
     # -- life of the connection -------------------------------------------------------------------------
@@ -148,10 +146,7 @@ class CallSocket(HotSocket):
         self._action = started
         if self._going_away:
             started.cancel(proto.MSG_SHUTTING_DOWN)
-        async with trio.open_nursery() as nursery:
-            self._io = nursery  # the stdin feeder starts there at the first input: an idle call has no such task
-            await self.run(started, CallFramer(call), stdin=started)
-            nursery.cancel_scope.cancel()
+        await self.run(started, CallFramer(call), stdin=started)
 
     async def _fail_unexpectedly(self, what: str) -> None:
         """An exception of ours: the client still gets its one result, ``internal error (ref ID)``."""
@@ -163,15 +158,14 @@ class CallSocket(HotSocket):
             with trio.move_on_after(5), contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await self._send_result_and_close(result)
 
-    async def _stream_output(self, action: Action, framer: Framer) -> tuple[int, str]:
-        """As HotSocket, but an internal error still sends the call's one result."""
-        code, reason = await super()._stream_output(action, framer)
-        if code == CLOSE_INTERNAL_ERROR and self.result is None:
-            self.result = internal_error("call output failed")
-            action.cancel(self.result.message)
-            await self._send([_result_frame(self.result, self._subprotocol)])
-            return self._close_code, ""
-        return code, reason
+    async def _output_failed(self, action: Action) -> tuple[int, str]:
+        """As HotSocket, but the call still gets its one result."""
+        if self.result is not None:
+            return CLOSE_INTERNAL_ERROR, "internal error"
+        self.result = internal_error("call output failed")
+        action.cancel(self.result.message)
+        await self._send([_result_frame(self.result, self._subprotocol)])
+        return self._close_code, ""
 
     async def _end_call(self, call: RunningCall) -> None:
         """The client may be gone: cancel what still runs; the audit gets the outcome either way."""
@@ -206,7 +200,7 @@ class CallSocket(HotSocket):
         """Read until the first complete message; events behind it wait in ``_pending`` for the reader."""
         payload = bytearray()
         while True:
-            data = await self._stream.receive_some(64 * 1024)
+            data = await self._receive()
             if not data:
                 return failure(proto.MSG_CANCELLED)
             self._ws.receive_data(data)
@@ -252,7 +246,7 @@ class CallSocket(HotSocket):
     async def _wait_close_reply(self) -> None:
         """After our close frame, read until the client's close (or it goes away)."""
         while self._ws.state is not ConnectionState.CLOSED:
-            data = await self._stream.receive_some(64 * 1024)
+            data = await self._receive()
             if not data:
                 return
             self._ws.receive_data(data)
@@ -315,12 +309,24 @@ class CallSocket(HotSocket):
             feeder.close()
 
     def _feeder(self) -> StdinFeeder | None:
-        """The call's stdin feeder, started on first use."""
-        if self._stdin is None and self._io is not None and self._action is not None:
+        """The call's stdin feeder, started on first use (an idle call has no such task) beside the writer;
+        it ends with the writer."""
+        if self._stdin_scope is None and self._tasks is not None and self._action is not None:
             settings = self._svc.settings.calls
             self._stdin = StdinFeeder(self._action, settings.buffer_bytes, settings.stdin_stall_seconds)
-            self._io.start_soon(self._stdin.run)
+            self._stdin_scope = trio.CancelScope()
+            self._tasks.start_soon(self._feed_stdin, self._stdin, self._stdin_scope)
         return self._stdin
+
+    @staticmethod
+    async def _feed_stdin(feeder: StdinFeeder, scope: trio.CancelScope) -> None:
+        with scope:
+            await feeder.run()
+
+    def _writer_finished(self) -> None:
+        if self._stdin_scope is None:
+            self._stdin_scope = trio.CancelScope()  # no feeder starts after this
+        self._stdin_scope.cancel()
 
     async def _control(self, action: Action, payload: bytes) -> None:
         message = proto.decode_signal(payload)

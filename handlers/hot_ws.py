@@ -13,12 +13,15 @@ import json
 import logging
 import re
 import shlex
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
+from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import trio
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection
 from wsproto.events import AcceptConnection, Request
 from wsproto.utilities import RemoteProtocolError
 
@@ -38,6 +41,7 @@ _OUTPUT_PATH = re.compile(rb"/api/v1/actions/([A-Za-z0-9_.-]{1,128})/output")
 ACCESS_COOKIE = "hearth_access"
 MAX_ARGV = 1024
 FACE = "actions"
+T = TypeVar("T")
 
 register_action("actions.exec", Rule("admin"))
 
@@ -69,17 +73,10 @@ class HotWebsockets:
 
     async def handle(self, stream: trio.SocketStream, data: bytes) -> None:
         """Serve one connection whose first bytes (a complete request head, maybe more) are ``data``."""
-        ws = WSConnection(ConnectionType.SERVER)
-        try:
-            request = handshake(ws, data)
-            plan = await self._prepare(request)
-        except HearthError as e:
-            await refuse(stream, e.status, e.detail)
+        upgrade = await read_upgrade(stream, data, self._prepare)
+        if upgrade is None:
             return
-        except Exception:
-            log.exception("hot websocket handshake failed")
-            await refuse(stream, 500, "internal error")
-            return
+        ws, plan = upgrade
         try:
             await self._serve(stream, ws, plan)
         finally:
@@ -87,8 +84,8 @@ class HotWebsockets:
                 plan.action.cancel("the websocket closed")
 
     async def _serve(self, stream: trio.SocketStream, ws: WSConnection, plan: Plan) -> None:
-        await stream.send_all(ws.send(AcceptConnection()))
-        sock = HotSocket(stream, ws, max_message_bytes=self._svc.settings.server.max_ws_message_bytes)
+        conn = await accept(stream, ws)
+        sock = HotSocket(stream, conn, max_message_bytes=self._svc.settings.server.max_ws_message_bytes)
         with self._sockets.tracking(sock):
             await sock.run(plan.action, plan.framer(), stdin=plan.action if plan.owned else None)
 
@@ -166,6 +163,30 @@ def _framing(params: dict[str, list[str]]) -> str:
     if framing not in ("lines", "chunks"):
         raise BadRequest("framing must be lines or chunks")
     return framing
+
+
+async def read_upgrade(
+    stream: trio.SocketStream, data: bytes, prepare: Callable[[Request], Awaitable[T]]
+) -> tuple[WSConnection, T] | None:
+    """The upgrade request in ``data`` and what ``prepare`` makes of it; None when the upgrade was refused
+    (a HearthError gives its status, any other exception 500, with a JSON body either way)."""
+    ws = WSConnection(ConnectionType.SERVER)
+    try:
+        request = handshake(ws, data)
+        return ws, await prepare(request)
+    except HearthError as e:
+        await refuse(stream, e.status, e.detail)
+    except Exception:
+        log.exception("websocket upgrade failed")
+        await refuse(stream, 500, "internal error")
+    return None
+
+
+async def accept(stream: trio.SocketStream, ws: WSConnection, subprotocol: str | None = None) -> Connection:
+    """Answer 101; wsproto's connection from here on (the handshake's HTTP parser is not kept)."""
+    await stream.send_all(ws.send(AcceptConnection(subprotocol=subprotocol)))
+    assert ws.connection is not None
+    return ws.connection
 
 
 def handshake(ws: WSConnection, data: bytes) -> Request:
