@@ -152,17 +152,17 @@ class Action:
                 started = True
                 task_status.started()
 
-        with trio.CancelScope(shield=True):
-            try:
-                result = await self._run_logged(ready)
-            except Exception as e:
-                log.exception("action failed inside hearth", extra={"action": self.id})
-                result = ActionResult(error=f"internal error: {e}")
-            ready()
-            self._finish(result)
+        try:
+            result = await self._run_logged(ready)
+        except Exception as e:
+            log.exception("action failed inside hearth", extra={"action": self.id})
+            result = ActionResult(error=f"internal error: {e}")
+        ready()
+        self._finish(result)
 
     async def _run_logged(self, ready: Callable[[], None]) -> ActionResult:
         async with trio.open_nursery() as nursery:
+            nursery.cancel_scope.shield = True  # (before any checkpoint) the action's own scope: no second one
 
             async def start_log() -> None:
                 await nursery.start(self._log.run, self._hub)
@@ -240,17 +240,21 @@ class ProcessAction(Action):
         return ActionResult(exit_code=code, error=reason, cancelled=cancelled)
 
     async def _supervise(self, group: ProcessGroup) -> tuple[int, bool]:
+        if self._spec.timeout is None:  # no timer task (nor its nursery) for an action without a time limit
+            return await self._supervise_group(group)
         async with trio.open_nursery() as nursery:
-            if self._spec.timeout is not None:
-                nursery.start_soon(self._cancel_after, self._spec.timeout)
-            outcome = await group.supervise(
-                self._hub.publish,
-                chunk_bytes=self._settings.read_chunk_bytes,
-                grace=self._settings.kill_grace_seconds,
-                cancel=self._cancel_requested,
-            )
+            nursery.start_soon(self._cancel_after, self._spec.timeout)
+            outcome = await self._supervise_group(group)
             nursery.cancel_scope.cancel()
         return outcome
+
+    async def _supervise_group(self, group: ProcessGroup) -> tuple[int, bool]:
+        return await group.supervise(
+            self._hub.publish,
+            chunk_bytes=self._settings.read_chunk_bytes,
+            grace=self._settings.kill_grace_seconds,
+            cancel=self._cancel_requested,
+        )
 
     async def _cancel_after(self, seconds: float) -> None:
         await trio.sleep(seconds)

@@ -40,7 +40,7 @@ class OutputRing:
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
-        self._chunks: deque[OutputChunk] = deque()
+        self._chunks: deque[OutputChunk] | None = None  # made at the first chunk: silent actions are common
         self._size = 0
         self.end_offset = 0
 
@@ -58,6 +58,8 @@ class OutputRing:
         self.end_offset = chunk.offset + len(chunk.data)
         if len(chunk.data) > self._capacity:
             chunk = OutputChunk(chunk.stream, chunk.data[-self._capacity :], self.end_offset - self._capacity)
+        if self._chunks is None:
+            self._chunks = deque()
         self._chunks.append(chunk)
         self._size += len(chunk.data)
         while self._size > self._capacity:
@@ -65,7 +67,7 @@ class OutputRing:
 
     def chunks(self) -> list[OutputChunk]:
         """The chunks held, oldest first (a reader replaying from offset 0 sees a gap for what fell off)."""
-        return list(self._chunks)
+        return list(self._chunks) if self._chunks else []
 
 
 class _Reader:
@@ -98,7 +100,8 @@ class OutputReader:
     ``OutputGap``; when nothing is queued but bytes were offered and dropped, the gap comes at once."""
 
     def __init__(self, replay: list[OutputChunk], reader: _Reader | None, expected: int) -> None:
-        self._replay = deque(replay)
+        replay.reverse()
+        self._replay = replay  # newest first: the next one is popped from the end
         self._reader = reader
         self._live = reader is not None
         self._expected = expected
@@ -128,7 +131,7 @@ class OutputReader:
         if self._pending is not None:
             return self._take(self._pending)
         if self._replay:
-            return self._take(self._replay.popleft())
+            return self._take(self._replay.pop())
         if self._live and self._reader is not None:
             try:
                 return self._take(self._reader.receive_channel.receive_nowait())
@@ -174,7 +177,7 @@ class OutputHub:
         self._queue_chunks = queue_chunks
         self._readers: list[_Reader] = []
         self._lock = trio.Lock()
-        self._blocking: set[trio.CancelScope] = set()
+        self._blocking: list[trio.CancelScope] = []
         self._draining = False
         self._closed = trio.Event()
         self._released = trio.Event()  # publishing waits while this is unset (see ``hold``)
@@ -226,13 +229,13 @@ class OutputHub:
     async def _send_blocking(self, reader: _Reader, chunk: OutputChunk) -> None:
         """Wait for room; ``stop_blocking`` may cancel the wait, and the chunk is then missing for this reader."""
         with trio.CancelScope() as scope:
-            self._blocking.add(scope)
+            self._blocking.append(scope)
             try:
                 await reader.send_channel.send(chunk)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 reader.gone = True
             finally:
-                self._blocking.discard(scope)
+                self._blocking.remove(scope)
 
     def stop_blocking(self) -> None:
         """From now on no reader can hold the publishers back: full readers get gaps instead."""
