@@ -8,8 +8,8 @@ import functools
 import logging
 import math
 import os
+import select
 import signal
-import subprocess
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +19,7 @@ import trio
 
 from core.errors import ProcessStartError
 from core.output import Stream
+from core.spawn import Child, spawn_child
 from storage import process_groups
 from storage.database import Database
 from storage.process_groups import ProcessGroupRecord
@@ -190,7 +191,7 @@ class ProcessGroup:
     pgid from being recycled and signalling the group can never hit a stranger.
     """
 
-    def __init__(self, process: trio.Process, argv: list[str]) -> None:
+    def __init__(self, process: Child, argv: list[str]) -> None:
         self.process = process
         self.argv = argv
         self.pgid = process.pid
@@ -198,21 +199,14 @@ class ProcessGroup:
         self._pidfd = _open_pidfd(process.pid)
         self.term_sent_at: float | None = None
         self.reaped = False
+        self.reaped_at = math.inf  # trio clock time of the reap
         self._wait_scope: trio.CancelScope | None = None
 
     @classmethod
     async def spawn(cls, spec: ProcessSpec) -> ProcessGroup:
-        """Start ``spec.argv`` with three pipes in a new session; OSError when it cannot be started."""
-        process = await trio.lowlevel.open_process(
-            spec.argv,
-            cwd=spec.cwd,
-            env=_environment(spec),
-            start_new_session=True,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT if spec.merge_stderr else subprocess.PIPE,
-        )
-        return cls(process, spec.argv)
+        """Start ``spec.argv`` with its pipes in a new session; OSError when it cannot be started."""
+        child = await spawn_child(spec.argv, cwd=spec.cwd, env=_environment(spec), merge_stderr=spec.merge_stderr)
+        return cls(child, spec.argv)
 
     async def record(self, db: Database, action_id: str, started_at: datetime) -> None:
         """Remember the group in the database, so that a restart after a crash can reap it."""
@@ -262,8 +256,10 @@ class ProcessGroup:
 
     async def reap(self) -> int:
         """Collect the leader's exit status (negative: killed by that signal) and release the pidfd."""
-        code = await self.process.wait()
+        await self.wait_leader_exit()
+        code = self.process.collect()  # the leader has exited: this does not block
         self.reaped = True
+        self.reaped_at = trio.current_time()
         self.close()
         return code
 
@@ -278,56 +274,137 @@ class ProcessGroup:
         if not self.reaped:
             self.kill()
             await self.reap()
-        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
-            if stream is not None:
-                await stream.aclose()
+        await self.process.aclose_pipes()
 
     async def supervise(
         self, publish: Publish, *, chunk_bytes: int, grace: float, cancel: trio.Event
     ) -> tuple[int, bool]:
-        """Pump stdout and stderr to ``publish`` until the leader exits (SIGTERM once ``cancel`` is set, SIGKILL
+        """Pump the output to ``publish`` until the leader exits (SIGTERM once ``cancel`` is set, SIGKILL
         ``grace`` later), empty the group, reap the leader; the pipes then get ``grace`` to drain.
 
         Returns the exit status (negative: the signal that killed it) and whether ``cancel`` was set before the
-        leader exited (a cancel that comes later found the process already gone)."""
+        leader exited (a cancel that comes later found the process already gone). The calling task itself
+        pumps stdout while it watches the leader; only a separate stderr pipe gets a task of its own."""
         grow_pipe(self.process.stdout, chunk_bytes)
         grow_pipe(self.process.stderr, chunk_bytes)
+        if self.process.stderr is None:
+            return await self._supervise_stdout(publish, chunk_bytes, grace, cancel)
         async with trio.open_nursery() as pumps:
-            if self.process.stdout is not None:
-                pumps.start_soon(_pump, self.process.stdout, "stdout", publish, chunk_bytes)
-            if self.process.stderr is not None:
-                pumps.start_soon(_pump, self.process.stderr, "stderr", publish, chunk_bytes)
-            await self._wait_leader_or_cancel(cancel, grace)
-            cancelled = cancel.is_set()
-            await self.empty_group(grace)
-            code = await self.reap()
-            pumps.cancel_scope.deadline = trio.current_time() + grace
+            pumps.start_soon(_pump, self.process.stderr, "stderr", publish, chunk_bytes)
+            outcome = await self._supervise_stdout(publish, chunk_bytes, grace, cancel)
+            pumps.cancel_scope.deadline = self.reaped_at + grace
+        return outcome
+
+    async def _supervise_stdout(
+        self, publish: Publish, chunk_bytes: int, grace: float, cancel: trio.Event
+    ) -> tuple[int, bool]:
+        stdout = self.process.stdout
+        with _LeaderAndOutput(self.pgid, self._pidfd, stdout.fileno()) as watch:
+            await self._pump_until_leader_exits(watch, publish, chunk_bytes, grace, cancel)
+        cancelled = cancel.is_set()
+        await self.empty_group(grace)
+        code = await self.reap()
+        with trio.move_on_at(self.reaped_at + grace):
+            await _pump(stdout, "stdout", publish, chunk_bytes)  # what is left in the pipe
         return code, cancelled
 
+    async def _pump_until_leader_exits(
+        self, watch: _LeaderAndOutput, publish: Publish, chunk_bytes: int, grace: float, cancel: trio.Event
+    ) -> None:
+        kill_at = math.inf
+        while True:
+            kill_at = self._escalate(cancel, kill_at, grace)
+            ready = await self._wait_ready(watch, kill_at)
+            if ready & LEADER_EXITED:
+                return
+            if ready & OUTPUT_READY and (data := _read_ready(watch.output_fd, chunk_bytes)) is not None:
+                if data:
+                    await publish("stdout", data)
+                else:
+                    watch.output_ended()
+
+    def _escalate(self, cancel: trio.Event, kill_at: float, grace: float) -> float:
+        """SIGTERM the group once ``cancel`` is set, SIGKILL it when the grace period is over; the next kill time."""
+        if cancel.is_set() and self.term_sent_at is None:
+            self.terminate()
+            return trio.current_time() + grace
+        if trio.current_time() >= kill_at:
+            log.info("grace period over: SIGKILL", extra={"pgid": self.pgid})
+            self.kill()
+            return math.inf
+        return kill_at
+
+    async def _wait_ready(self, watch: _LeaderAndOutput, deadline: float) -> int:
+        """What is ready (LEADER_EXITED, OUTPUT_READY); 0 when ``interrupt`` or ``deadline`` woke us first."""
+        with trio.CancelScope(deadline=deadline) as scope:
+            self._wait_scope = scope
+            try:
+                return await watch.wait()
+            finally:
+                self._wait_scope = None
+        return 0
+
     def interrupt(self) -> None:
-        """The action was cancelled: wake ``_wait_leader_or_cancel`` (no task of its own watches for it)."""
+        """The action was cancelled: wake ``_wait_ready`` (no task of its own watches for it)."""
         if self._wait_scope is not None:
             self._wait_scope.cancel()
 
-    async def _wait_leader_or_cancel(self, cancel: trio.Event, grace: float) -> None:
-        """Wait for the leader to exit; once ``cancel`` is set (``interrupt`` wakes us), SIGTERM the group, and
-        SIGKILL it ``grace`` later if the leader is still there."""
-        kill_at = math.inf
+
+LEADER_EXITED = 1
+OUTPUT_READY = 2
+
+
+class _LeaderAndOutput:
+    """The leader's pidfd and the stdout pipe in one epoll set, so that one task waits for either: the
+    supervising task is also the stdout pump. Without a pidfd the leader is polled every POLL_SECONDS."""
+
+    def __init__(self, pid: int, pidfd: int | None, output_fd: int) -> None:
+        self._pid = pid
+        self._pidfd = pidfd
+        self.output_fd = output_fd
+        self._epoll = select.epoll(2)
+        self._output_open = True
+        if pidfd is not None:
+            self._epoll.register(pidfd, select.EPOLLIN)
+        self._epoll.register(output_fd, select.EPOLLIN)
+
+    def __enter__(self) -> _LeaderAndOutput:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._epoll.close()
+
+    def output_ended(self) -> None:
+        """EOF on stdout: from now on only the leader is waited for."""
+        if self._output_open:
+            self._output_open = False
+            self._epoll.unregister(self.output_fd)
+
+    async def wait(self) -> int:
         while True:
-            with trio.CancelScope(deadline=kill_at) as scope:
-                self._wait_scope = scope
-                if not (cancel.is_set() and self.term_sent_at is None):
-                    await self.wait_leader_exit()
-                    self._wait_scope = None
-                    return
-            self._wait_scope = None
-            if self.term_sent_at is None:
-                self.terminate()
-                kill_at = trio.current_time() + grace
-            elif trio.current_time() >= kill_at:
-                log.info("grace period over: SIGKILL", extra={"pgid": self.pgid})
-                self.kill()
-                kill_at = math.inf
+            ready = 0
+            for fd, _ in self._epoll.poll(0):
+                ready |= OUTPUT_READY if fd == self.output_fd else LEADER_EXITED
+            if self._pidfd is None and _has_exited(self._pid):
+                ready |= LEADER_EXITED
+            if ready:
+                await trio.lowlevel.cancel_shielded_checkpoint()  # output always ready must not starve other tasks
+                return ready
+            if self._pidfd is not None:
+                await trio.lowlevel.wait_readable(self._epoll)
+            else:
+                with trio.move_on_after(POLL_SECONDS):
+                    await trio.lowlevel.wait_readable(self._epoll)
+
+
+def _read_ready(fd: int, size: int) -> bytes | None:
+    """Up to ``size`` bytes from a non-blocking pipe: b"" at its end (or when it broke), None if nothing yet."""
+    try:
+        return os.read(fd, size)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
 
 
 async def _pump(stream: trio.abc.ReceiveStream, name: Stream, publish: Publish, size: int) -> None:

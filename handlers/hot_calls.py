@@ -28,7 +28,7 @@ from core.protocols.websocket_frames import (
 from core.services import Services
 from handlers.call_io import CallFramer, StdinFeeder
 from handlers.hot_socket import HotSocket, OpenSockets
-from handlers.hot_ws import accept, check_origin, credential_from_headers, read_upgrade
+from handlers.hot_ws import check_origin, credential_from_headers, read_upgrade
 
 log = logging.getLogger("hearth.calls")
 
@@ -54,8 +54,8 @@ class CallRoutes:
         upgrade = await read_upgrade(stream, data, self._prepare)
         if upgrade is None:
             return
-        ws, (principal, subprotocol) = upgrade
-        conn = await accept(stream, ws, subprotocol)
+        principal, subprotocol = upgrade.prepared
+        conn = await upgrade.accept(stream, subprotocol)
         sock = CallSocket(stream, conn, self._svc, self._calls, principal, subprotocol)
         with self._sockets.tracking(sock):
             await sock.serve()

@@ -16,7 +16,7 @@ import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
-from typing import TypeVar
+from typing import Generic, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import trio
@@ -76,15 +76,14 @@ class HotWebsockets:
         upgrade = await read_upgrade(stream, data, self._prepare)
         if upgrade is None:
             return
-        ws, plan = upgrade
+        plan = upgrade.prepared
         try:
-            await self._serve(stream, ws, plan)
+            await self._serve(stream, await upgrade.accept(stream), plan)
         finally:
             if plan.owned:
                 plan.action.cancel("the websocket closed")
 
-    async def _serve(self, stream: trio.SocketStream, ws: WSConnection, plan: Plan) -> None:
-        conn = await accept(stream, ws)
+    async def _serve(self, stream: trio.SocketStream, conn: Connection, plan: Plan) -> None:
         sock = HotSocket(stream, conn, max_message_bytes=self._svc.settings.server.max_ws_message_bytes)
         with self._sockets.tracking(sock):
             await sock.run(plan.action, plan.framer(), stdin=plan.action if plan.owned else None)
@@ -165,28 +164,37 @@ def _framing(params: dict[str, list[str]]) -> str:
     return framing
 
 
+class Upgrade(Generic[T]):
+    """A websocket upgrade request that checked out: what ``prepare`` made of it, and the 101 answer to send.
+    ``accept`` lets go of the handshake's HTTP parser (an idle socket keeps only wsproto's connection)."""
+
+    def __init__(self, ws: WSConnection, prepared: T) -> None:
+        self._ws: WSConnection | None = ws
+        self.prepared = prepared
+
+    async def accept(self, stream: trio.SocketStream, subprotocol: str | None = None) -> Connection:
+        ws, self._ws = self._ws, None
+        assert ws is not None, "accepted twice"
+        await stream.send_all(ws.send(AcceptConnection(subprotocol=subprotocol)))
+        assert ws.connection is not None
+        return ws.connection
+
+
 async def read_upgrade(
     stream: trio.SocketStream, data: bytes, prepare: Callable[[Request], Awaitable[T]]
-) -> tuple[WSConnection, T] | None:
+) -> Upgrade[T] | None:
     """The upgrade request in ``data`` and what ``prepare`` makes of it; None when the upgrade was refused
     (a HearthError gives its status, any other exception 500, with a JSON body either way)."""
     ws = WSConnection(ConnectionType.SERVER)
     try:
         request = handshake(ws, data)
-        return ws, await prepare(request)
+        return Upgrade(ws, await prepare(request))
     except HearthError as e:
         await refuse(stream, e.status, e.detail)
     except Exception:
         log.exception("websocket upgrade failed")
         await refuse(stream, 500, "internal error")
     return None
-
-
-async def accept(stream: trio.SocketStream, ws: WSConnection, subprotocol: str | None = None) -> Connection:
-    """Answer 101; wsproto's connection from here on (the handshake's HTTP parser is not kept)."""
-    await stream.send_all(ws.send(AcceptConnection(subprotocol=subprotocol)))
-    assert ws.connection is not None
-    return ws.connection
 
 
 def handshake(ws: WSConnection, data: bytes) -> Request:

@@ -114,6 +114,89 @@ async def test_leader_exit_is_seen_without_a_pidfd_too() -> None:
     await group.aclose()
 
 
+class Collected:
+    """What ``supervise`` published, per stream."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+
+    async def publish(self, stream: str, data: bytes) -> None:
+        self.data[stream] += data
+
+
+async def supervised(group: ProcessGroup, *, cancel: trio.Event | None = None) -> tuple[int, bool, Collected]:
+    out = Collected()
+    code, cancelled = await group.supervise(out.publish, chunk_bytes=65536, grace=0.5, cancel=cancel if cancel is not None else trio.Event())
+    await group.aclose()
+    return code, cancelled, out
+
+
+@pytest.mark.parametrize("merge", [True, False])
+async def test_supervise_pumps_output_until_the_end_and_returns_the_status(merge: bool) -> None:
+    script = "i=0; while [ $i -lt 2000 ]; do echo out $i; echo err $i >&2; i=$((i+1)); done; exit 3"
+    group = await ProcessGroup.spawn(ProcessSpec(argv=["sh", "-c", script], merge_stderr=merge))
+    code, cancelled, out = await supervised(group)
+    assert (code, cancelled) == (3, False)
+    stdout, stderr = out.data["stdout"].decode(), out.data["stderr"].decode()
+    outs = [line for line in stdout.splitlines() if line.startswith("out")]
+    assert outs == [f"out {i}" for i in range(2000)]
+    errs = [line for line in (stdout if merge else stderr).splitlines() if line.startswith("err")]
+    assert errs == [f"err {i}" for i in range(2000)]
+    assert stderr == "" if merge else "out" not in stderr
+
+
+async def test_supervise_sees_the_leader_exit_while_a_grandchild_holds_the_pipe() -> None:
+    """The leader's exit ends the wait although stdout stays open; the group is then emptied."""
+    group = await ProcessGroup.spawn(ProcessSpec(argv=["sh", "-c", "sleep 60 & echo $!; exit 4"], merge_stderr=True))
+    code, cancelled, out = await supervised(group)
+    assert (code, cancelled) == (4, False)
+    assert not is_alive(int(out.data["stdout"]))
+
+
+async def test_supervise_without_a_pidfd_polls_the_leader() -> None:
+    group = await ProcessGroup.spawn(ProcessSpec(argv=["sh", "-c", "sleep 60 & echo hi; exit 6"], merge_stderr=True))
+    group.close()  # as on a kernel without pidfd_open
+    code, cancelled, out = await supervised(group)
+    assert (code, cancelled, out.data["stdout"]) == (6, False, b"hi\n")
+
+
+async def test_cancel_kills_a_process_that_floods_output_and_ignores_sigterm() -> None:
+    """Output always ready must not starve the grace period: SIGKILL comes on time."""
+    group = await ProcessGroup.spawn(ProcessSpec(argv=["sh", "-c", "trap '' TERM; yes"], merge_stderr=True))
+    cancel = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_cancel_later, cancel, group)
+        with trio.fail_after(20):
+            code, cancelled, out = await supervised(group, cancel=cancel)
+    assert (code, cancelled) == (-signal.SIGKILL, True)
+    assert out.data["stdout"].startswith(b"y\ny\n")
+
+
+async def _cancel_later(cancel: trio.Event, group: ProcessGroup) -> None:
+    await trio.sleep(0.2)
+    cancel.set()
+    group.interrupt()
+
+
+def open_pipes() -> set[str]:
+    """The pipes this process has open (``pipe:[inode]``)."""
+    links = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            links.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            continue  # the directory's own fd, closed meanwhile
+    return {link for link in links if link.startswith("pipe:")}
+
+
+async def test_a_program_that_cannot_start_leaves_no_pipe_open() -> None:
+    before = open_pipes()
+    for _ in range(5):
+        with pytest.raises(FileNotFoundError):
+            await ProcessGroup.spawn(ProcessSpec(argv=["/nonexistent/program"]))
+    assert open_pipes() == before
+
+
 def test_group_members_lists_children_and_skips_zombies(sleeper: subprocess.Popen[bytes]) -> None:
     assert group_members(sleeper.pid) == [sleeper.pid]
     sleeper.send_signal(signal.SIGKILL)
