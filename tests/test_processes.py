@@ -126,7 +126,8 @@ class Collected:
 
 async def supervised(group: ProcessGroup, *, cancel: trio.Event | None = None) -> tuple[int, bool, Collected]:
     out = Collected()
-    code, cancelled = await group.supervise(out.publish, chunk_bytes=65536, grace=0.5, cancel=cancel if cancel is not None else trio.Event())
+    cancel = cancel if cancel is not None else trio.Event()
+    code, cancelled = await group.supervise(out.publish, chunk_bytes=65536, grace=0.5, cancel=cancel)
     await group.aclose()
     return code, cancelled, out
 
