@@ -12,6 +12,8 @@ from typing import Literal
 import msgspec
 import trio
 
+from core.chunk_queue import ChunkQueue
+
 log = logging.getLogger("hearth.actions")
 
 Stream = Literal["stdout", "stderr"]
@@ -71,10 +73,12 @@ class OutputRing:
 
 
 class _Reader:
-    """One attached reader: a bounded channel, and the end offset of the last chunk offered to it."""
+    """One attached reader: a bounded queue, and the end offset of the last chunk offered to it."""
+
+    __slots__ = ("gone", "lossless", "offered_end", "queue")
 
     def __init__(self, capacity: int, lossless: bool, offered_end: int) -> None:
-        self.send_channel, self.receive_channel = trio.open_memory_channel[OutputChunk](capacity)
+        self.queue = ChunkQueue[OutputChunk](capacity)
         self.lossless = lossless
         self.offered_end = offered_end
         self.gone = False
@@ -82,15 +86,20 @@ class _Reader:
     def offer(self, chunk: OutputChunk) -> bool:
         """Deliver without waiting; False when a lossless reader is full and the sender must wait.
 
-        A chunk that is not delivered is simply missing: the reader turns the hole in offsets into a gap."""
-        self.offered_end = chunk.offset + len(chunk.data)
+        A chunk that is not delivered is simply missing: the reader turns the hole in offsets into a gap. A chunk
+        the sender still waits to deliver is not offered yet (``offered``): the reader must not see it as a gap."""
         try:
-            self.send_channel.send_nowait(chunk)
+            self.queue.send_nowait(chunk)
         except trio.WouldBlock:
-            return not self.lossless
+            if self.lossless:
+                return False
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.gone = True
+        self.offered(chunk)
         return True
+
+    def offered(self, chunk: OutputChunk) -> None:
+        self.offered_end = chunk.offset + len(chunk.data)
 
 
 class OutputReader:
@@ -119,7 +128,7 @@ class OutputReader:
         except trio.WouldBlock:
             assert self._reader is not None
             try:
-                return self._take(await self._reader.receive_channel.receive())
+                return self._take(await self._reader.queue.receive())
             except trio.EndOfChannel:
                 self._live = False
                 return await self.__anext__()
@@ -134,7 +143,7 @@ class OutputReader:
             return self._take(self._replay.pop())
         if self._live and self._reader is not None:
             try:
-                return self._take(self._reader.receive_channel.receive_nowait())
+                return self._take(self._reader.queue.receive_nowait())
             except trio.WouldBlock:
                 if gap := self._dropped():
                     return gap
@@ -231,11 +240,12 @@ class OutputHub:
         with trio.CancelScope() as scope:
             self._blocking.append(scope)
             try:
-                await reader.send_channel.send(chunk)
+                await reader.queue.send(chunk)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 reader.gone = True
             finally:
                 self._blocking.remove(scope)
+                reader.offered(chunk)  # delivered, or (cancelled) missing
 
     def stop_blocking(self) -> None:
         """From now on no reader can hold the publishers back: full readers get gaps instead."""
@@ -250,7 +260,7 @@ class OutputHub:
         """No more output: readers end once they have drained what is queued for them."""
         self._closed.set()
         for reader in self._readers:
-            reader.send_channel.close()
+            reader.queue.close()
 
     @asynccontextmanager
     async def open_reader(
@@ -268,7 +278,7 @@ class OutputHub:
             yield OutputReader(self._ring.chunks() if replay else [], reader, 0 if replay else end)
         finally:
             if reader is not None:
-                reader.receive_channel.close()
+                reader.queue.abandon()
                 self._detach(reader)
 
     def _detach(self, reader: _Reader) -> None:

@@ -199,7 +199,7 @@ class ProcessGroup:
         self._pidfd = _open_pidfd(process.pid)
         self.term_sent_at: float | None = None
         self.reaped = False
-        self.reaped_at = math.inf  # trio clock time of the reap
+        self._kill_at = math.inf  # when the grace period after SIGTERM ends
         self._wait_scope: trio.CancelScope | None = None
 
     @classmethod
@@ -259,7 +259,6 @@ class ProcessGroup:
         await self.wait_leader_exit()
         code = self.process.collect()  # the leader has exited: this does not block
         self.reaped = True
-        self.reaped_at = trio.current_time()
         self.close()
         return code
 
@@ -279,132 +278,88 @@ class ProcessGroup:
     async def supervise(
         self, publish: Publish, *, chunk_bytes: int, grace: float, cancel: trio.Event
     ) -> tuple[int, bool]:
-        """Pump the output to ``publish`` until the leader exits (SIGTERM once ``cancel`` is set, SIGKILL
+        """Pump stdout and stderr to ``publish`` until the leader exits (SIGTERM once ``cancel`` is set, SIGKILL
         ``grace`` later), empty the group, reap the leader; the pipes then get ``grace`` to drain.
 
         Returns the exit status (negative: the signal that killed it) and whether ``cancel`` was set before the
-        leader exited (a cancel that comes later found the process already gone). The calling task itself
-        pumps stdout while it watches the leader; only a separate stderr pipe gets a task of its own."""
+        leader exited (a cancel that comes later found the process already gone).
+
+        With stderr in the stdout pipe, the calling task alone waits until the process does anything (writes,
+        or exits), so a process waiting on its stdin (an idle call) costs no pump task; from then on the pump
+        has a task of its own beside the wait for the leader, as a separate stderr pipe has from the start."""
         grow_pipe(self.process.stdout, chunk_bytes)
         grow_pipe(self.process.stderr, chunk_bytes)
         if self.process.stderr is None:
-            return await self._supervise_stdout(publish, chunk_bytes, grace, cancel)
+            with _LeaderOrOutput(self.pgid, self._pidfd, self.process.stdout.fileno()) as first_sign:
+                await self._wait_for(first_sign.wait, cancel, grace)
         async with trio.open_nursery() as pumps:
-            pumps.start_soon(_pump, self.process.stderr, "stderr", publish, chunk_bytes)
-            outcome = await self._supervise_stdout(publish, chunk_bytes, grace, cancel)
-            pumps.cancel_scope.deadline = self.reaped_at + grace
-        return outcome
-
-    async def _supervise_stdout(
-        self, publish: Publish, chunk_bytes: int, grace: float, cancel: trio.Event
-    ) -> tuple[int, bool]:
-        stdout = self.process.stdout
-        with _LeaderAndOutput(self.pgid, self._pidfd, stdout.fileno()) as watch:
-            await self._pump_until_leader_exits(watch, publish, chunk_bytes, grace, cancel)
-        cancelled = cancel.is_set()
-        await self.empty_group(grace)
-        code = await self.reap()
-        with trio.move_on_at(self.reaped_at + grace):
-            await _pump(stdout, "stdout", publish, chunk_bytes)  # what is left in the pipe
+            pumps.start_soon(_pump, self.process.stdout, "stdout", publish, chunk_bytes)
+            if self.process.stderr is not None:
+                pumps.start_soon(_pump, self.process.stderr, "stderr", publish, chunk_bytes)
+            await self._wait_for(self.wait_leader_exit, cancel, grace)
+            cancelled = cancel.is_set()
+            await self.empty_group(grace)
+            code = await self.reap()
+            pumps.cancel_scope.deadline = trio.current_time() + grace
         return code, cancelled
 
-    async def _pump_until_leader_exits(
-        self, watch: _LeaderAndOutput, publish: Publish, chunk_bytes: int, grace: float, cancel: trio.Event
-    ) -> None:
-        kill_at = math.inf
+    async def _wait_for(self, event: Callable[[], Awaitable[None]], cancel: trio.Event, grace: float) -> None:
+        """Wait for ``event``; once ``cancel`` is set (``interrupt`` wakes us), SIGTERM the group, and SIGKILL it
+        ``grace`` later if ``event`` has still not come."""
         while True:
-            kill_at = self._escalate(cancel, kill_at, grace)
-            ready = await self._wait_ready(watch, kill_at)
-            if ready & LEADER_EXITED:
-                return
-            if ready & OUTPUT_READY and (data := _read_ready(watch.output_fd, chunk_bytes)) is not None:
-                if data:
-                    await publish("stdout", data)
-                else:
-                    watch.output_ended()
+            self._escalate(cancel, grace)
+            with trio.CancelScope(deadline=self._kill_at) as scope:
+                self._wait_scope = scope
+                try:
+                    await event()
+                    return
+                finally:
+                    self._wait_scope = None
 
-    def _escalate(self, cancel: trio.Event, kill_at: float, grace: float) -> float:
-        """SIGTERM the group once ``cancel`` is set, SIGKILL it when the grace period is over; the next kill time."""
+    def _escalate(self, cancel: trio.Event, grace: float) -> None:
+        """SIGTERM the group once ``cancel`` is set; SIGKILL it when the grace period is over."""
         if cancel.is_set() and self.term_sent_at is None:
             self.terminate()
-            return trio.current_time() + grace
-        if trio.current_time() >= kill_at:
+            self._kill_at = trio.current_time() + grace
+        elif trio.current_time() >= self._kill_at:
             log.info("grace period over: SIGKILL", extra={"pgid": self.pgid})
             self.kill()
-            return math.inf
-        return kill_at
-
-    async def _wait_ready(self, watch: _LeaderAndOutput, deadline: float) -> int:
-        """What is ready (LEADER_EXITED, OUTPUT_READY); 0 when ``interrupt`` or ``deadline`` woke us first."""
-        with trio.CancelScope(deadline=deadline) as scope:
-            self._wait_scope = scope
-            try:
-                return await watch.wait()
-            finally:
-                self._wait_scope = None
-        return 0
+            self._kill_at = math.inf
 
     def interrupt(self) -> None:
-        """The action was cancelled: wake ``_wait_ready`` (no task of its own watches for it)."""
+        """The action was cancelled: wake ``_wait_for`` (no task of its own watches for the cancel)."""
         if self._wait_scope is not None:
             self._wait_scope.cancel()
 
 
-LEADER_EXITED = 1
-OUTPUT_READY = 2
-
-
-class _LeaderAndOutput:
-    """The leader's pidfd and the stdout pipe in one epoll set, so that one task waits for either: the
-    supervising task is also the stdout pump. Without a pidfd the leader is polled every POLL_SECONDS."""
+class _LeaderOrOutput:
+    """The leader's pidfd and the stdout pipe in one epoll set: one task waits for the first of them (without
+    a pidfd the leader is polled every POLL_SECONDS). Nothing is read here."""
 
     def __init__(self, pid: int, pidfd: int | None, output_fd: int) -> None:
         self._pid = pid
         self._pidfd = pidfd
-        self.output_fd = output_fd
         self._epoll = select.epoll(2)
-        self._output_open = True
         if pidfd is not None:
             self._epoll.register(pidfd, select.EPOLLIN)
         self._epoll.register(output_fd, select.EPOLLIN)
 
-    def __enter__(self) -> _LeaderAndOutput:
+    def __enter__(self) -> _LeaderOrOutput:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._epoll.close()
 
-    def output_ended(self) -> None:
-        """EOF on stdout: from now on only the leader is waited for."""
-        if self._output_open:
-            self._output_open = False
-            self._epoll.unregister(self.output_fd)
-
-    async def wait(self) -> int:
-        while True:
-            ready = 0
-            for fd, _ in self._epoll.poll(0):
-                ready |= OUTPUT_READY if fd == self.output_fd else LEADER_EXITED
-            if self._pidfd is None and _has_exited(self._pid):
-                ready |= LEADER_EXITED
-            if ready:
-                await trio.lowlevel.cancel_shielded_checkpoint()  # output always ready must not starve other tasks
-                return ready
-            if self._pidfd is not None:
-                await trio.lowlevel.wait_readable(self._epoll)
-            else:
+    async def wait(self) -> None:
+        """Return once the stdout pipe is readable (output, or its end) or the leader has exited."""
+        while not self._epoll.poll(0):
+            if self._pidfd is None:
+                if _has_exited(self._pid):
+                    return
                 with trio.move_on_after(POLL_SECONDS):
                     await trio.lowlevel.wait_readable(self._epoll)
-
-
-def _read_ready(fd: int, size: int) -> bytes | None:
-    """Up to ``size`` bytes from a non-blocking pipe: b"" at its end (or when it broke), None if nothing yet."""
-    try:
-        return os.read(fd, size)
-    except BlockingIOError:
-        return None
-    except OSError:
-        return b""
+            else:
+                await trio.lowlevel.wait_readable(self._epoll)
 
 
 async def _pump(stream: trio.abc.ReceiveStream, name: Stream, publish: Publish, size: int) -> None:

@@ -327,6 +327,8 @@ class CallSocket(HotSocket):
         if self._stdin_scope is None:
             self._stdin_scope = trio.CancelScope()  # no feeder starts after this
         self._stdin_scope.cancel()
+        if self._stdin is not None:
+            self._stdin.close()  # a reader waiting for room in the queue goes on at once
 
     async def _control(self, action: Action, payload: bytes) -> None:
         message = proto.decode_signal(payload)
