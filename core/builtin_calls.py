@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tarfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -14,14 +15,14 @@ from core.actions import Action, ActionContext
 from core.audit import now_utc, rfc3339
 from core.call_catalogue import CallCatalogue, CallRequest, CallSpec
 from core.principals import Role
-from core.services import Services
+from core.systems import SERVER, WORKSPACE
 from storage import audit as audit_log
 from storage import call_history
 
 VERSION = "0.1.0"
 STARTED = time.monotonic()
 
-Body = Callable[[ActionContext, Services], Awaitable[int]]
+Body = Callable[[ActionContext, CallRequest], Awaitable[int]]
 
 
 def register_builtin_calls(catalogue: CallCatalogue) -> None:
@@ -39,7 +40,7 @@ def register_builtin_calls(catalogue: CallCatalogue) -> None:
 def _coroutine_call(name: str, description: str, role: Role, body: Body) -> CallSpec:
     async def start(request: CallRequest) -> Action:
         async def run(ctx: ActionContext) -> int:
-            return await body(ctx, request.services)
+            return await body(ctx, request)
 
         owner = request.principal.name or request.principal.describe()
         return await request.services.actions.start_coroutine(run, owner=owner, name=f"call:{name}", hold_output=True)
@@ -51,14 +52,18 @@ async def _say(ctx: ActionContext, line: str) -> None:
     await ctx.write(line.encode("utf-8") + b"\n")
 
 
-async def _info(ctx: ActionContext, svc: Services) -> int:
+async def _info(ctx: ActionContext, request: CallRequest) -> int:
+    """Counts of workspaces and servers are those of the systems registry the caller may see (the faces that
+    add such systems register their kinds there; ``GET /api/v1/systems`` lists the same)."""
+    svc = request.services
     running = sum(1 for a in svc.actions.list() if a.result is None)
+    kinds = Counter(system.kind for system in await svc.systems.visible_to(request.principal))
     lines = [
         f"version: {VERSION}",
         "role: standalone",
         f"uptime_seconds: {int(time.monotonic() - STARTED)}",
-        "workspaces: 0",
-        "servers: 0",
+        f"workspaces: {kinds[WORKSPACE]}",
+        f"servers: {kinds[SERVER]}",
         f"actions_running: {running}",
     ]
     for line in lines:
@@ -66,9 +71,10 @@ async def _info(ctx: ActionContext, svc: Services) -> int:
     return 0
 
 
-async def _backup(ctx: ActionContext, svc: Services) -> int:
+async def _backup(ctx: ActionContext, request: CallRequest) -> int:
     """A snapshot of the database (online backup API, integrity-checked) plus the data directory's own files
     (the JWT secret, action logs), in one ``backups/hearth-<time>.tar.gz``; the archive's path comes last."""
+    svc = request.services
     target = svc.settings.data_path / "backups"
     await trio.to_thread.run_sync(lambda: target.mkdir(mode=0o700, exist_ok=True))
     await _say(ctx, f"backing up {svc.db.path} with the online backup API")
@@ -96,7 +102,8 @@ def _archive(data_dir: Path, snapshot: Path) -> tuple[Path, int]:
     return archive, archive.stat().st_size
 
 
-async def _prune(ctx: ActionContext, svc: Services) -> int:
+async def _prune(ctx: ActionContext, request: CallRequest) -> int:
+    svc = request.services
     before = len(svc.actions.list())
     svc.actions.prune()
     await _say(ctx, f"finished actions forgotten (with their logs): {before - len(svc.actions.list())}")

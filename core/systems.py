@@ -23,6 +23,9 @@ class SystemInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 Provider = Callable[[Principal], Awaitable[list[SystemInfo]]]
 
+WORKSPACE = "workspace"  # the kinds the ``info`` call counts
+SERVER = "server"
+
 
 @dataclass
 class SystemsRegistry:

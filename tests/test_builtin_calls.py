@@ -8,6 +8,8 @@ from pathlib import Path
 
 import trio
 
+from core.principals import Principal
+from core.systems import SERVER, WORKSPACE, SystemInfo
 from storage import audit as audit_log
 from storage import call_history
 from storage.audit import AuditEntry
@@ -23,6 +25,24 @@ async def test_info_prints_key_value_lines(nursery: trio.Nursery, data_dir: Path
     keys = [line.split(": ", 1)[0] for line in out.texts]
     assert keys == ["version", "role", "uptime_seconds", "workspaces", "servers", "actions_running"]
     assert out.binaries == [SUCCESS]
+
+
+async def test_info_counts_the_workspaces_and_servers_the_caller_may_see(nursery: trio.Nursery, data_dir: Path) -> None:
+    server = await start_calls_server(nursery, data_dir)
+
+    async def workspaces(principal: Principal) -> list[SystemInfo]:
+        mine = [SystemInfo(kind=WORKSPACE, id=f"{principal.name}-{i}", name="w") for i in range(3)]
+        return mine if principal.name == "vic" else mine[:1]
+
+    async def servers(principal: Principal) -> list[SystemInfo]:
+        return [SystemInfo(kind=SERVER, id="s1", name="box")]
+
+    server.services.systems.register(WORKSPACE, workspaces)
+    server.services.systems.register(SERVER, servers)
+    for name, expected in (("vic", "3"), ("eve", "1")):
+        out = await run_call(server, await api_key_for(server, name, "viewer"), "info")
+        counts = dict(line.split(": ", 1) for line in out.texts)
+        assert (counts["workspaces"], counts["servers"]) == (expected, "1")
 
 
 async def test_backup_writes_an_archive_with_a_checked_database(nursery: trio.Nursery, data_dir: Path) -> None:
