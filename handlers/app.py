@@ -13,6 +13,7 @@ from core.metrics import Metrics
 from core.services import Services
 from handlers import actions, auth, distillery, health, keys
 from handlers.common import error_response, json_response
+from handlers.hot_ws import is_hot_websocket_path
 from handlers.openapi import build_document
 
 log = logging.getLogger("hearth.http")
@@ -85,10 +86,18 @@ def _method_and_path() -> tuple[str, str]:
     return "WEBSOCKET", websocket.path
 
 
+NOT_FIRST_REQUEST = (
+    "this websocket is served only as the first request of a connection: open a new connection for it "
+    "(docs/streaming.md)"
+)
+
+
 def _http_error_response(e: HTTPException, max_body_bytes: int) -> Response:
     code = e.code or 500
     method, path = _method_and_path()
-    if code == 404:
+    if not has_request_context() and is_hot_websocket_path(path.encode()):  # a websocket quart got, not the hot path
+        response = error_response(400, NOT_FIRST_REQUEST)
+    elif code == 404:
         response = error_response(404, f"no route for {path[:200]}")
     elif code == 413:
         response = error_response(413, f"request body is larger than {max_body_bytes} bytes")

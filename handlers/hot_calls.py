@@ -28,11 +28,11 @@ from core.protocols.websocket_frames import (
 from core.services import Services
 from handlers.call_io import CallFramer, StdinFeeder
 from handlers.hot_socket import HotSocket, OpenSockets
-from handlers.hot_ws import check_origin, credential_from_headers, read_upgrade
+from handlers.hot_ws import HOT_CALL_PATHS, check_origin, credential_from_headers, read_upgrade
 
 log = logging.getLogger("hearth.calls")
 
-CALL_PATHS = (b"/api/v1/ws/", b"/api/v1/ws")
+CALL_PATHS = HOT_CALL_PATHS
 FACE = "calls"
 
 

@@ -37,6 +37,7 @@ from storage import audit as audit_log
 log = logging.getLogger("hearth.hot")
 
 EXEC_PATH = b"/api/v1/actions/exec"
+HOT_CALL_PATHS = (b"/api/v1/ws/", b"/api/v1/ws")  # handlers/hot_calls.py serves them
 _OUTPUT_PATH = re.compile(rb"/api/v1/actions/([A-Za-z0-9_.-]{1,128})/output")
 ACCESS_COOKIE = "hearth_access"
 MAX_ARGV = 1024
@@ -122,6 +123,11 @@ class HotWebsockets:
         if credential.kind is CredentialKind.COOKIE:
             check_origin(self._svc.settings.auth.allowed_origins, headers.get(b"origin"), request.host)
         return await self._svc.auth.authenticate(credential)
+
+
+def is_hot_websocket_path(path: bytes) -> bool:
+    """Whether ``path`` is served on the hot path (these routes and the call API's)."""
+    return path in HOT_CALL_PATHS or path == EXEC_PATH or _OUTPUT_PATH.fullmatch(path) is not None
 
 
 def check_origin(allowed: list[str], origin: str | None, host: str) -> None:

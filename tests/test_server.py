@@ -177,6 +177,23 @@ async def test_upgrade_to_an_unknown_path_goes_to_quart(server: RunningServer) -
     assert status == 404
 
 
+@pytest.mark.parametrize("path", [b"/api/v1/ws/", b"/api/v1/actions/exec", b"/api/v1/actions/abc/output"])
+async def test_hot_upgrade_after_another_request_is_told_to_use_a_new_connection(
+    server: RunningServer, path: bytes
+) -> None:
+    upgrade = (
+        b"GET " + path + b" HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    async with await trio.open_tcp_stream("127.0.0.1", server.port) as stream:
+        await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert (await read_response(stream))[0] == 200
+        await stream.send_all(upgrade)
+        status, body = await read_response(stream)
+    assert status == 400
+    assert "new connection" in json.loads(body)["detail"]
+
+
 async def test_plain_get_of_a_hot_path_goes_to_quart(server: RunningServer) -> None:
     response = await exchange(server.port, b"GET /api/v1/actions/exec HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
     assert status_of(response) != 101
