@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import resource
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -19,7 +17,6 @@ from core.errors import ConfigError, HearthError, StorageError
 
 log = logging.getLogger("hearth")
 VERSION = "0.1.0"
-DB_NAME = "hearth.db"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,34 +83,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(flags, config_file=args.sub_config or args.config)
 
 
-def prepare_data_dir(settings: Settings) -> Path:
-    """Create the data directory (mode 0700) and check that we can write to it."""
-    path = settings.data_path
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError("data_dir", f"cannot create {path}: {e.strerror}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ConfigError("data_dir", f"{path} is not writable")
-    return path
-
-
-def open_database(settings: Settings) -> Any:
-    from storage.database import Database
-
-    path = prepare_data_dir(settings) / DB_NAME
-    return Database(
-        path,
-        readers=settings.storage.reader_connections,
-        synchronous=settings.storage.synchronous,
-        busy_timeout_ms=settings.storage.busy_timeout_ms,
-    )
-
-
 async def build_services(settings: Settings) -> Any:
     from core.actions import ActionManager
     from core.auth import Authenticator
     from core.bus import Bus
+    from core.data_dir import open_database
     from core.metrics import Metrics
     from core.services import Services
     from core.systems import SystemsRegistry
@@ -146,6 +120,7 @@ def build_call_catalogue(settings: Settings) -> Any:
 
 async def serve(settings: Settings, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
     """Run every service until SIGINT/SIGTERM or cancellation; actions' process groups die with us."""
+    from core.data_dir import prepare_data_dir
     from handlers.app import create_app
     from handlers.server import serve_http
     from storage.lock import ServerLock

@@ -18,6 +18,7 @@ from core.principals import Role
 from core.systems import SERVER, WORKSPACE
 from storage import audit as audit_log
 from storage import call_history
+from storage.backup import snapshot_live
 
 VERSION = "0.1.0"
 STARTED = time.monotonic()
@@ -78,7 +79,7 @@ async def _backup(ctx: ActionContext, request: CallRequest) -> int:
     target = svc.settings.data_path / "backups"
     await trio.to_thread.run_sync(lambda: target.mkdir(mode=0o700, exist_ok=True))
     await _say(ctx, f"backing up {svc.db.path} with the online backup API")
-    snapshot: Path = await trio.to_thread.run_sync(svc.db.backup_to, target)
+    snapshot: Path = await trio.to_thread.run_sync(snapshot_live, svc.db, target)
     await _say(ctx, "database snapshot written and checked; adding the data directory's files")
     archive, size = await trio.to_thread.run_sync(_archive, svc.settings.data_path, snapshot)
     await _say(ctx, f"archive written, {size} bytes")

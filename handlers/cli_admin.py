@@ -11,6 +11,7 @@ import trio
 from core.api_keys import NewKey
 from core.auth import LOCAL_ADMIN, Authenticator
 from core.config import Settings
+from core.data_dir import open_database
 from core.errors import BadRequest, ConfigError, HearthError, InvalidInput
 from core.metrics import Metrics
 from core.passwords import generate_password
@@ -33,8 +34,6 @@ def keys_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def _run(settings: Settings, command: Command, args: argparse.Namespace) -> int:
     """Open the database, run ``command`` under trio, and turn errors into one line: bad input 2, others 1."""
-    from app import open_database
-
     try:
         db = open_database(settings)
         try:

@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from core.errors import ConfigError, NotADatabaseError, StorageError
-from storage.database import DB_FILENAME, check_is_sqlite, check_schema_version, schema_version
+from storage.database import DB_FILENAME, Database, check_is_sqlite, check_schema_version, schema_version
 from storage.lock import ServerLock
 
 BUSY_TIMEOUT_SECONDS = 30.0
@@ -39,6 +39,13 @@ def backup_database(source: Path, target: Path) -> Path:
     check_is_sqlite(source)
     with _open(source, "rw") as src:
         return snapshot_into(src, target)
+
+
+def snapshot_live(db: Database, target: Path) -> Path:
+    """Snapshot a database that is open (and maybe serving) into ``target`` (or a timestamped file in it, if a
+    directory) with SQLite's online backup API, on one of its reader connections: verified, mode 0600, renamed
+    into place. Blocking (run it on a worker thread); the server's writers carry on meanwhile."""
+    return db.read_sync(lambda conn: snapshot_into(conn.conn, target))
 
 
 def snapshot_into(src: sqlite3.Connection, target: Path) -> Path:

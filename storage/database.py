@@ -178,15 +178,6 @@ class Database:
             raise StorageError(f"database check failed: {e}") from None
         return time.perf_counter() - started
 
-    def backup_to(self, target: Path) -> Path:
-        """Snapshot the live database into ``target`` (or a timestamped file in it, if a directory) with SQLite's
-        online backup API: verified, mode 0600, renamed into place. Blocking; safe while serving. Returns the file.
-        """
-        from storage.backup import snapshot_into  # storage.backup builds on this module
-
-        with self._reader() as conn:
-            return snapshot_into(conn.conn, target)
-
     def close(self) -> None:
         """Close every connection; closing twice is harmless."""
         if self._closed:

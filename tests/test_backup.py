@@ -15,7 +15,7 @@ import sqlite_utils
 import trio
 
 from core.errors import DatabaseInUseError
-from storage.backup import backup_database
+from storage.backup import backup_database, snapshot_live
 from storage.database import Database
 from storage.lock import ServerLock
 from storage.migrations import MIGRATIONS
@@ -255,7 +255,7 @@ async def test_database_backup_to_a_directory_from_a_running_server(server: Runn
     await server.services.db.write(lambda c: c.execute(INSERT_AUDIT, ["in memory of the server"]))
     backups = tmp_path / "backups"
     await trio.Path(backups).mkdir()
-    written = await trio.to_thread.run_sync(server.services.db.backup_to, backups)
+    written = await trio.to_thread.run_sync(snapshot_live, server.services.db, backups)
     assert written.parent == backups and written.name.startswith("hearth-")
     assert "in memory of the server" in audit_rows(written)
     assert pragma(written, "integrity_check") == "ok"
