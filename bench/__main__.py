@@ -1,4 +1,5 @@
-"""``python -m bench [lines] [chunks] [idle] [calls] [idle_calls]``: run the named benchmarks (all by default)."""
+"""``python -m bench [lines] [chunks] [idle] [calls] [idle_calls] [idle_exec]``: run the named benchmarks (all
+by default)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Sequence
 from bench import calls, idle, idle_calls, ws_output
 from bench.harness import BenchError, summary_json
 
-BENCHMARKS = ("lines", "chunks", "idle", "calls", "idle_calls")
+BENCHMARKS = ("lines", "chunks", "idle", "calls", "idle_calls", "idle_exec")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repetitions", "-r", type=int, default=5, help="runs per server, interleaved (median)")
     parser.add_argument("--lines", type=int, default=500_000, help="lines of the 'lines' and 'calls' benchmarks")
     parser.add_argument("--megabytes", type=int, default=200, help="MiB of the 'chunks' benchmark")
-    parser.add_argument("--calls", type=int, default=1000, help="idle connected calls of the 'idle_calls' benchmark")
+    parser.add_argument("--calls", type=int, default=1000, help="idle websockets of 'idle_calls', 'idle_exec'")
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
     return parser
 
@@ -32,6 +33,8 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, float]:
         return calls.run(repetitions=args.repetitions, lines=args.lines)
     if name == "idle_calls":
         return idle_calls.run(calls=args.calls)
+    if name == "idle_exec":
+        return idle_calls.run(calls=args.calls, face=idle_calls.EXEC)
     return ws_output.run(name, repetitions=args.repetitions, lines=args.lines, megabytes=args.megabytes)
 
 

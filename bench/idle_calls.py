@@ -1,11 +1,14 @@
-"""Idle connected calls: server memory per call of ``WS /api/v1/ws/`` with a process waiting on stdin.
+"""Idle websockets: server memory per connection with a process waiting on stdin, for two faces.
 
-One client process (this one, trio-websocket) opens N connections; each sends one ``CallMessage`` for an
-administrator-defined ``cat`` command and keeps the connection open, so N ``cat`` processes wait on their stdin.
-The server's ``VmRSS`` is read before (after a warm-up round, so one-time allocations are not counted) and
-once all N ``cat`` processes run and the server is quiet; the difference over N is what an idle call costs it. The
-``cat`` processes are counted apart (their memory is not the server's). Then every client sends
-``{"signal":"close"}``; each call must end with ``{"success":true}`` and every ``cat`` must be gone.
+``idle_calls``: ``WS /api/v1/ws/``, each connection sends one ``CallMessage`` for an administrator-defined
+``cat`` command. ``idle_exec``: ``WS /api/v1/actions/exec?argv=cat``, each connection starts ``cat`` by its
+upgrade alone. One client process (this one, trio-websocket) opens N connections and keeps them open, so N
+``cat`` processes wait on their stdin. The server's ``VmRSS`` is read before (after a warm-up round, so one-time
+allocations are not counted) and once all N ``cat`` processes run and the server is quiet; the difference over
+N is what an idle connection costs it. The ``cat`` processes are counted apart (their memory is not the
+server's). Then every client ends its stdin (``{"signal":"close"}``, or an empty BINARY message for exec); each
+must end as the face says (``{"success":true}`` then close 1000, or close 1000 with ``{"exit_code":0}``) and
+every ``cat`` must be gone.
 """
 
 from __future__ import annotations
@@ -43,6 +46,33 @@ FDS_PER_CALL = 8  # generous: socket, stdin/stdout/stderr pipes, the action's lo
 CALL = json.dumps({"call": CALL_NAME}).encode()
 CLOSE_STDIN = json.dumps({"signal": "close"}).encode()
 SUCCESS = {"success": True}
+EXEC_SUCCESS = 'close 1000 {"exit_code":0}'
+
+
+@dataclass(frozen=True)
+class Face:
+    """How one idle connection of a face is opened and ended, and what a good end is."""
+
+    name: str
+    path: str
+    first_message: bytes | None  # sent right after the handshake
+    end_message: bytes  # closes the process's stdin
+    success: object  # what ``ended`` returns for a good end
+
+    async def ended(self, ws: WebSocketConnection) -> list[object]:
+        """After ``end_message``: the result frame and the close (calls), or the close alone (exec)."""
+        if self.first_message is not None:
+            return [json.loads(await ws.get_message()), *await closed_with(ws)]
+        try:
+            extra = await ws.get_message()
+        except ConnectionClosed as e:
+            return [f"close {e.reason.code} {e.reason.reason}" if e.reason is not None else "close ?"]
+        await ws.aclose()
+        return [f"before the close: {extra!r}"]
+
+
+CALLS = Face("idle_calls", "/api/v1/ws/", CALL, CLOSE_STDIN, SUCCESS)
+EXEC = Face("idle_exec", "/api/v1/actions/exec?argv=cat", None, b"", EXEC_SUCCESS)
 
 
 @dataclass
@@ -102,6 +132,7 @@ class Round:
 
     hearth: Hearth
     count: int
+    face: Face
     opened: int = 0
     results: list[object] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -122,7 +153,7 @@ class Round:
 
     @property
     def url(self) -> str:
-        return f"{self.hearth.ws_url}/api/v1/ws/"
+        return f"{self.hearth.ws_url}{self.face.path}"
 
     @property
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -130,19 +161,19 @@ class Round:
 
 
 async def one_call(r: Round, nursery: trio.Nursery) -> None:
-    """Connect, send the call, wait for the release, close stdin, read the one result and the close."""
+    """Connect (and send the call), wait for the release, end stdin, read how the connection ended."""
     try:
         async with r.limiter:
             ws = await connect_websocket_url(nursery, r.url, extra_headers=r.headers)
-            await ws.send_message(CALL)
+            if r.face.first_message is not None:
+                await ws.send_message(r.face.first_message)
         r.opened += 1
         if early := await wait_release(r, ws):
             r.errors.append(f"answered before the release: {early!r}")
             r.early += 1
             return
-        await ws.send_message(CLOSE_STDIN)
-        r.results.append(json.loads(await ws.get_message()))
-        r.results.extend(await closed_with(ws))
+        await ws.send_message(r.face.end_message)
+        r.results.extend(await r.face.ended(ws))
     except Exception as e:  # a refused or broken connection is a finding, reported with the rest
         r.errors.append(f"{type(e).__name__}: {e}")
 
@@ -201,6 +232,7 @@ async def settle(pid: int) -> None:
 
 @dataclass
 class Measured:
+    face: Face
     count: int
     before: Snapshot
     held: Snapshot
@@ -217,9 +249,9 @@ class Measured:
         return (self.held.rss - self.before.rss) / max(1, self.held.cats.count)
 
 
-async def hold(hearth: Hearth, count: int, *, measure: bool) -> Measured | None:
-    """Open ``count`` idle calls, optionally measure while they are held, release them, check the results."""
-    pid, r = hearth.pid, Round(hearth, count)
+async def hold(hearth: Hearth, face: Face, count: int, *, measure: bool) -> Measured | None:
+    """Open ``count`` idle connections, optionally measure while they are held, release them, check the ends."""
+    pid, r = hearth.pid, Round(hearth, count, face)
     await settle(pid)
     before = snapshot(pid)
     async with trio.open_nursery() as nursery:
@@ -235,18 +267,19 @@ async def hold(hearth: Hearth, count: int, *, measure: bool) -> Measured | None:
     await wait_for_cats(pid, 0)
     await settle(pid)
     release_seconds = time.monotonic() - start - SETTLE_SECONDS
-    failed = [res for res in r.results if res != SUCCESS]
+    failed = [res for res in r.results if res != face.success]
     if not measure:
         if r.errors or failed:
             raise BenchError(f"warm-up calls failed: {(r.errors + failed)[:3]}")
         return None
-    return Measured(count, before, held, snapshot(pid), open_seconds, release_seconds, fd_limit(pid), r.errors, failed)
+    after = snapshot(pid)
+    return Measured(face, count, before, held, after, open_seconds, release_seconds, fd_limit(pid), r.errors, failed)
 
 
-async def measure_async(hearth: Hearth, count: int) -> Measured:
+async def measure_async(hearth: Hearth, face: Face, count: int) -> Measured:
     with trio.fail_after(4 * PHASE_TIMEOUT):
-        await hold(hearth, WARMUP_CALLS, measure=False)
-        measured = await hold(hearth, count, measure=True)
+        await hold(hearth, face, WARMUP_CALLS, measure=False)
+        measured = await hold(hearth, face, count, measure=True)
     assert measured is not None
     return measured
 
@@ -274,18 +307,18 @@ def kill_leftovers(pids: list[int]) -> list[int]:
     return alive
 
 
-def measure(count: int, workdir: Path) -> tuple[Measured, list[int]]:
+def measure(face: Face, count: int, workdir: Path) -> tuple[Measured, list[int]]:
     nofile = count * FDS_PER_CALL + 256
     raise_nofile(count + 256)  # this client: one socket a call
     config = write_config(workdir / "hearth.toml", {CALL_NAME: ["cat"]}, limit=max(2 * count, 256))
     with run_hearth(workdir, config=config, nofile=nofile) as hearth:
         try:
-            measured = trio.run(measure_async, hearth, count)
+            measured = trio.run(measure_async, hearth, face, count)
         except BaseExceptionGroup as group:
             raise_bench_error(group)
             raise
         except trio.TooSlowError:
-            raise BenchError(f"idle_calls took longer than {4 * PHASE_TIMEOUT:.0f} s") from None
+            raise BenchError(f"{face.name} took longer than {4 * PHASE_TIMEOUT:.0f} s") from None
         finally:
             seen = children(hearth.pid, "cat").pids
     survivors = kill_leftovers(seen)
@@ -296,19 +329,20 @@ def report(m: Measured, survivors: list[int]) -> None:
     mib = 2**20
     rows = [
         ["server VmRSS before", f"{m.before.rss / mib:.1f} MiB", f"{m.before.fds}", f"{m.before.cats.count}"],
-        [f"with {m.count:,} idle calls", f"{m.held.rss / mib:.1f} MiB", f"{m.held.fds}", f"{m.held.cats.count}"],
+        [f"with {m.count:,} idle sockets", f"{m.held.rss / mib:.1f} MiB", f"{m.held.fds}", f"{m.held.cats.count}"],
         ["after all ended", f"{m.after.rss / mib:.1f} MiB", f"{m.after.fds}", f"{m.after.cats.count}"],
     ]
     print_table(
-        f"idle_calls: {m.count:,} connected calls of `cat` waiting on stdin, one trio-websocket client process",
+        f"{m.face.name}: {m.count:,} websockets on {m.face.path}, `cat` waiting on stdin, one trio-websocket client",
         ["server", "VmRSS", "open fds", "cat procs"],
         rows,
     )
     verdict = "ok" if m.per_call < BUDGET_BYTES else "OVER BUDGET"
     per_call = f"{m.per_call / 1000:.1f} KB ({m.per_call / 1024:.1f} KiB)"
-    print(f"server memory per idle call: {per_call}, budget < 40 KB: {verdict}")
+    print(f"server memory per idle websocket: {per_call}, budget < 40 KB: {verdict}")
+    fds = (m.held.fds - m.before.fds) / max(1, m.held.cats.count)
     print(
-        f"fds per call: {(m.held.fds - m.before.fds) / max(1, m.held.cats.count):.1f} (server limit {m.fd_limit}); "
+        f"fds per websocket: {fds:.1f} (server limit {m.fd_limit}); "
         f"cat processes: {m.held.cats.count} using {m.held.cats.rss / mib:.0f} MiB RSS in all (not the server's); "
         f"all set up in {m.open_seconds:.1f} s, all ended in {m.release_seconds:.1f} s (to a quiet server)"
     )
@@ -319,10 +353,10 @@ def report(m: Measured, survivors: list[int]) -> None:
         )
 
 
-def run(*, calls: int) -> dict[str, float]:
+def run(*, calls: int, face: Face = CALLS) -> dict[str, float]:
     with temp_dir() as workdir:
-        measured, survivors = measure(calls, workdir)
+        measured, survivors = measure(face, calls, workdir)
     report(measured, survivors)
     if measured.errors or measured.failed_results:
-        raise BenchError(f"idle_calls: {len(measured.errors)} client errors, {len(measured.failed_results)} failures")
-    return {"idle_call_kb": round(measured.per_call / 1000, 1)}
+        raise BenchError(f"{face.name}: {len(measured.errors)} client errors, {len(measured.failed_results)} failures")
+    return {f"{face.name}_kb": round(measured.per_call / 1000, 1)}

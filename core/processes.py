@@ -284,14 +284,14 @@ class ProcessGroup:
         Returns the exit status (negative: the signal that killed it) and whether ``cancel`` was set before the
         leader exited (a cancel that comes later found the process already gone).
 
-        With stderr in the stdout pipe, the calling task alone waits until the process does anything (writes,
-        or exits), so a process waiting on its stdin (an idle call) costs no pump task; from then on the pump
-        has a task of its own beside the wait for the leader, as a separate stderr pipe has from the start."""
+        The calling task alone waits until the process does anything (writes, or exits), so a process waiting
+        on its stdin (an idle call or exec socket) costs no pump task; from then on each pipe's pump has a task
+        of its own beside the wait for the leader."""
         grow_pipe(self.process.stdout, chunk_bytes)
         grow_pipe(self.process.stderr, chunk_bytes)
-        if self.process.stderr is None:
-            with _LeaderOrOutput(self.pgid, self._pidfd, self.process.stdout.fileno()) as first_sign:
-                await self._wait_for(first_sign.wait, cancel, grace)
+        outputs = [pipe.fileno() for pipe in (self.process.stdout, self.process.stderr) if pipe is not None]
+        with _LeaderOrOutput(self.pgid, self._pidfd, outputs) as first_sign:
+            await self._wait_for(first_sign.wait, cancel, grace)
         async with trio.open_nursery() as pumps:
             pumps.start_soon(_pump, self.process.stdout, "stdout", publish, chunk_bytes)
             if self.process.stderr is not None:
@@ -333,16 +333,16 @@ class ProcessGroup:
 
 
 class _LeaderOrOutput:
-    """The leader's pidfd and the stdout pipe in one epoll set: one task waits for the first of them (without
+    """The leader's pidfd and the output pipes in one epoll set: one task waits for the first of them (without
     a pidfd the leader is polled every POLL_SECONDS). Nothing is read here."""
 
-    def __init__(self, pid: int, pidfd: int | None, output_fd: int) -> None:
+    def __init__(self, pid: int, pidfd: int | None, output_fds: list[int]) -> None:
         self._pid = pid
         self._pidfd = pidfd
-        self._epoll = select.epoll(2)
-        if pidfd is not None:
-            self._epoll.register(pidfd, select.EPOLLIN)
-        self._epoll.register(output_fd, select.EPOLLIN)
+        self._epoll = select.epoll(len(output_fds) + 1)
+        for fd in [pidfd, *output_fds]:
+            if fd is not None:
+                self._epoll.register(fd, select.EPOLLIN)
 
     def __enter__(self) -> _LeaderOrOutput:
         return self
@@ -351,7 +351,7 @@ class _LeaderOrOutput:
         self._epoll.close()
 
     async def wait(self) -> None:
-        """Return once the stdout pipe is readable (output, or its end) or the leader has exited."""
+        """Return once an output pipe is readable (output, or its end) or the leader has exited."""
         while not self._epoll.poll(0):
             if self._pidfd is None:
                 if _has_exited(self._pid):
