@@ -193,7 +193,7 @@ class ProcessAction(Action):
     def __init__(
         self, spec: ProcessSpec, db: Database, *, name: str, owner: str, settings: ActionSettings, log_dir: Path
     ) -> None:
-        super().__init__(name=name, argv=spec.argv, owner=owner, settings=settings, log_dir=log_dir)
+        super().__init__(name=name, argv=spec.shown, owner=owner, settings=settings, log_dir=log_dir)
         self._spec = spec
         self._db = db
         self._group: ProcessGroup | None = None
@@ -370,9 +370,11 @@ class ActionManager:
         inherit_env: bool = True,
         hold_output: bool = False,
         merge_stderr: bool = False,
+        shown_argv: Sequence[str] | None = None,
     ) -> Action:
         """Start ``argv`` in its own process group. Invalid arguments raise ProcessStartError; a program or cwd
-        that cannot be started gives an action already finished with ``result.error`` set."""
+        that cannot be started gives an action already finished with ``result.error`` set. ``shown_argv`` is
+        what the action list, the logs and the process-group record show instead of ``argv`` (secrets hidden)."""
         spec = ProcessSpec(
             argv=list(argv),
             cwd=cwd,
@@ -380,6 +382,7 @@ class ActionManager:
             timeout=timeout,
             inherit_env=inherit_env,
             merge_stderr=merge_stderr,
+            shown_argv=None if shown_argv is None else list(shown_argv),
         )
         action = ProcessAction(
             spec, self._db, name=name or argv[0], owner=owner, settings=self._settings, log_dir=self.log_dir

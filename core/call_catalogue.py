@@ -58,7 +58,7 @@ class CallSpec:
 
     def redacted(self, params: list[str]) -> list[str]:
         """The params as the audit shows them: secret ones as ``***``."""
-        return ["***" if p.secret else v for p, v in zip(self.params, params, strict=False)]
+        return redact(self.params, params)
 
 
 @dataclass
@@ -86,8 +86,18 @@ class CallCatalogue:
             return await spec.owner_rule(principal, params)
         return False
 
+    def may_try(self, principal: Principal, spec: CallSpec) -> bool:
+        """Whether ``principal`` may run ``spec`` for some params: checked before the params are, so that a
+        caller who may not run a call learns nothing of its params."""
+        return principal.has_role(spec.role) or (spec.owner_rule is not None and principal.is_authenticated)
+
     def visible_to(self, principal: Principal) -> list[CallSpec]:
         return [c for c in self.all() if principal.has_role(c.role) or c.owner_rule is not None]
+
+
+def redact(params: tuple[CallParam, ...], values: list[str]) -> list[str]:
+    """``values`` with those of secret params replaced by ``***``."""
+    return ["***" if p.secret else v for p, v in zip(params, values, strict=False)]
 
 
 def check_params(spec: CallSpec, params: list[str]) -> str | None:
@@ -117,6 +127,7 @@ def command_call(name: str, command: CommandSettings) -> CallSpec:
     async def start(request: CallRequest) -> Action:
         return await request.services.actions.start_process(
             [*command.argv, *request.params],
+            shown_argv=[*command.argv, *redact(params, request.params)],  # the action list, logs, records
             owner=request.principal.name or request.principal.describe(),
             name=f"call:{name}",
             cwd=command.cwd,

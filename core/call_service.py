@@ -17,12 +17,14 @@ from core.actions import Action, ActionResult
 from core.audit import now_utc, rfc3339
 from core.call_catalogue import CallRequest, CallSpec, check_params
 from core.errors import ActionManagerStopped
-from core.principals import Principal
+from core.principals import Principal, PrincipalKind
 from core.protocols import calls as proto
 from core.services import Services
 from storage import call_history
 
 log = logging.getLogger("hearth.calls")
+
+MAX_AUDITED_NAME = 200  # characters of an unknown call's name kept in the audit
 
 
 @dataclass
@@ -58,6 +60,14 @@ class RunningCall:
     bytes_out: int = 0
 
 
+def limit_key(principal: Principal) -> str:
+    """Whose calls count together for ``calls.max_per_principal``: a person's, whichever of their credentials
+    (password session, any of their API keys) each call came with."""
+    if principal.kind in (PrincipalKind.USER, PrincipalKind.API_KEY) and principal.name:
+        return f"user:{principal.name}"
+    return principal.describe()
+
+
 def failure(message: str) -> proto.CallResult:
     return proto.CallResult(success=False, message=message)
 
@@ -71,15 +81,37 @@ class CallService:
         self.limits = CallLimits(settings.max_per_principal, settings.max_total)
 
     async def admit(self, principal: Principal, message: proto.CallMessage) -> RunningCall | proto.CallResult:
-        """The checks of specs/calls.md §2 in order; a RunningCall holds a place in the limits until ``finish``."""
+        """The checks of specs/calls.md §2 in order; a RunningCall holds a place in the limits until ``finish``.
+        A refused call is audited too (no params: they were not checked), so attempts show in the history."""
+        admitted = await self._check(principal, message)
+        if isinstance(admitted, proto.CallResult):
+            await self._audit_refusal(principal, message.call, admitted.message)
+        return admitted
+
+    async def _audit_refusal(self, principal: Principal, call: str, reason: str) -> None:
+        try:
+            await call_history.refused(
+                self._svc.db,
+                principal=principal.describe(),
+                user=principal.name,
+                call=call[:MAX_AUDITED_NAME],
+                at=rfc3339(now_utc()),
+                message=reason,
+            )
+        except Exception:
+            log.exception("cannot audit a refused call", extra={"call": call[:MAX_AUDITED_NAME]})
+
+    async def _check(self, principal: Principal, message: proto.CallMessage) -> RunningCall | proto.CallResult:
         spec = self._svc.calls.get(message.call)
         if spec is None:
             return failure(proto.MSG_UNKNOWN_CALL)
+        if not self._svc.calls.may_try(principal, spec):
+            return failure(proto.MSG_PERMISSION_DENIED)
         if (problem := check_params(spec, message.params)) is not None:
             return failure(problem)  # first, so that an ownership rule may read its params safely
         if not await self._svc.calls.may_run(principal, spec, message.params):
             return failure(proto.MSG_PERMISSION_DENIED)
-        if not self.limits.try_acquire(principal.describe()):
+        if not self.limits.try_acquire(limit_key(principal)):
             return failure(proto.MSG_TOO_MANY)
         return RunningCall(spec, principal, list(message.params))
 
@@ -103,7 +135,7 @@ class CallService:
 
     async def finish(self, call: RunningCall, result: proto.CallResult) -> None:
         """Release the call's place and record its outcome (also when nobody was left to tell)."""
-        self.limits.release(call.principal.describe())
+        self.limits.release(limit_key(call.principal))
         if call.record_id:
             await call_history.finish(
                 self._svc.db,
@@ -118,8 +150,9 @@ class CallService:
 
 def call_result(result: ActionResult) -> proto.CallResult:
     """An action's one result in the call protocol's words."""
-    if result.cancelled:
-        return failure(result.error or proto.MSG_CANCELLED)
+    if result.cancelled:  # only the spec's fixed texts: a cancel from elsewhere (the REST API) is "cancelled"
+        reason = result.error
+        return failure(reason if reason is not None and proto.is_call_cancel_reason(reason) else proto.MSG_CANCELLED)
     if result.error is not None:
         return internal_error(result.error)
     if result.signal is not None:

@@ -44,6 +44,11 @@ class ProcessSpec(msgspec.Struct, frozen=True, kw_only=True):
     timeout: float | None = None
     inherit_env: bool = True
     merge_stderr: bool = False  # stderr into the stdout pipe (2>&1): one pipe, one pump, arrival order kept
+    shown_argv: list[str] | None = None  # argv as recorded and logged (secret arguments replaced); default argv
+
+    @property
+    def shown(self) -> list[str]:
+        return self.shown_argv if self.shown_argv is not None else self.argv
 
     def __post_init__(self) -> None:
         if not self.argv or not self.argv[0]:
@@ -206,7 +211,7 @@ class ProcessGroup:
     async def spawn(cls, spec: ProcessSpec) -> ProcessGroup:
         """Start ``spec.argv`` with its pipes in a new session; OSError when it cannot be started."""
         child = await spawn_child(spec.argv, cwd=spec.cwd, env=_environment(spec), merge_stderr=spec.merge_stderr)
-        return cls(child, spec.argv)
+        return cls(child, spec.shown)
 
     async def record(self, db: Database, action_id: str, started_at: datetime) -> None:
         """Remember the group in the database, so that a restart after a crash can reap it."""

@@ -266,7 +266,9 @@ class CallSocket(HotSocket):
 
     async def _on_message(self, event: TextMessage | BytesMessage, stdin: Action | None) -> bool:
         data = event.data.encode() if isinstance(event, TextMessage) else bytes(event.data)
-        if self._too_big(len(data), event.message_finished) or self._discarding:
+        # input is limited per frame (it streams to stdin), a control message as a whole (it is assembled)
+        ends_count = event.frame_finished if isinstance(event, TextMessage) else event.message_finished
+        if self._too_big(len(data), ends_count) or self._discarding:
             return False
         if self._call is not None:
             self._call.bytes_in += len(data)
@@ -281,7 +283,8 @@ class CallSocket(HotSocket):
         return False
 
     def _too_big(self, size: int, finished: bool) -> bool:
-        """A frame over the limit ends the call: ``cancelled``, close 1009; the rest of it is read and dropped."""
+        """A frame (or control message) over the limit ends the call: ``cancelled``, close 1009; the rest of it
+        is read and dropped."""
         self._message_bytes += size
         over = self._message_bytes > self._max_message
         if finished:

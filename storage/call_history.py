@@ -45,6 +45,20 @@ async def begin(db: Database, *, principal: str, user: str, call: str, params: l
     return await db.write(insert)
 
 
+async def refused(db: Database, *, principal: str, user: str, call: str, at: str, message: str) -> int:
+    """Record a call refused before it started (unknown, permission denied, bad params, limits): ended at once."""
+
+    def insert(conn: sqlite_utils.Database) -> int:
+        cursor = conn.execute(
+            "INSERT INTO call_history (principal, user_name, call, params, started_at, ended_at, outcome, message) "
+            "VALUES (?, ?, ?, '[]', ?, ?, 'failure', ?)",
+            [principal, user, call, at, at, message],
+        )
+        return int(cursor.lastrowid or 0)
+
+    return await db.write(insert)
+
+
 async def finish(
     db: Database, call_id: int, *, ended_at: str, success: bool, message: str, bytes_in: int, bytes_out: int
 ) -> None:

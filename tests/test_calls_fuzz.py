@@ -15,6 +15,8 @@ import pytest
 import trio
 from trio_websocket import WebSocketConnection
 
+from core.api_keys import NewKey
+from core.auth import LOCAL_ADMIN
 from core.protocols.calls import MSG_CANCELLED, MSG_SHUTTING_DOWN, MSG_TOO_MANY
 from tests.calls_support import (
     CANCEL,
@@ -100,11 +102,13 @@ async def test_frame_of_exactly_1mib_is_accepted(calls_server: RunningServer, ad
 async def test_too_many_calls_per_principal(nursery: trio.Nursery, data_dir: Path) -> None:
     server = await start_calls_server(nursery, data_dir, max_per_principal=2)
     ada, bob = await api_key_for(server, "ada", "admin"), await api_key_for(server, "bob", "admin")
+    ada_again = (await server.services.auth.keys.create(LOCAL_ADMIN, NewKey(user="ada"))).raw
     async with open_call_socket(server, ada) as one, open_call_socket(server, ada) as two:
         for ws in (one, two):
             await ws.send_message(call_frame("ready_cat"))
             assert await next_text(ws) == "ready"
         assert (await run_call(server, ada, "info")).result == v1_failure(MSG_TOO_MANY)
+        assert (await run_call(server, ada_again, "info")).result == v1_failure(MSG_TOO_MANY)  # a user, all keys
         assert (await run_call(server, bob, "info")).result == V1_SUCCESS
         await one.send_message(CANCEL)
         assert (await collect(one)).result == v1_failure(MSG_CANCELLED)

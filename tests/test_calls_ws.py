@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
+from wsproto.events import BytesMessage, TextMessage
 
 from core.errors import ConfigError
 from core.protocols.calls import (
@@ -23,7 +24,9 @@ from tests.calls_support import (
     CANCEL,
     CLOSE_STDIN,
     FRAME_LIMIT,
+    KIB,
     LONG_YES_LINE,
+    MIB,
     POW1_FULFILLED,
     V1_SUCCESS,
     RawSocket,
@@ -275,10 +278,20 @@ async def test_second_call_message_is_ignored(calls_server: RunningServer, admin
 
 
 async def test_unknown_signal_and_json_are_ignored_in_v1(calls_server: RunningServer, admin: str) -> None:
-    ignored = [b'{"signal": "bogus"}', b'{"foo": 1}', b"[]"]
+    too_deep = b'{"signal":"cancel","x":' + b"[" * 200_000 + b"]" * 200_000 + b"}"  # 400 KB, past msgspec's depth
+    ignored = [b'{"signal": "bogus"}', b'{"foo": 1}', b"[]", too_deep]
     out = await run_call(calls_server, admin, "ready_cat", after=[*ignored, "x", CLOSE_STDIN])
     assert out.texts_before_result() == ["ready", "x"]
     assert out.result == V1_SUCCESS
+
+
+async def test_a_first_message_nested_too_deep_is_an_unknown_call(calls_server: RunningServer, admin: str) -> None:
+    with trio.fail_after(20):
+        async with open_call_socket(calls_server, admin) as ws:
+            await ws.send_message(b'{"call":"cat","x":' + b"[" * 200_000 + b"]" * 200_000 + b"}")
+            out = await collect(ws)
+    assert out.result == v1_failure(MSG_UNKNOWN_CALL)
+    assert_closed_normally(out)
 
 
 async def test_wrong_number_of_params(calls_server: RunningServer, admin: str) -> None:
@@ -438,3 +451,19 @@ async def test_history_counts_bytes_in_and_out(calls_server: RunningServer, admi
     await run_call(calls_server, admin, "cat", after=["abc", "de", CLOSE_STDIN])
     row = await wait_history_row(calls_server, admin, "cat")
     assert row["bytes_in"] >= 5 and row["bytes_out"] >= 5
+
+
+async def test_a_line_sent_in_frames_under_the_limit_is_not_too_big(nursery: trio.Nursery, data_dir: Path) -> None:
+    server = await start_calls_server(nursery, data_dir)
+    admin = await api_key_for(server, "ada", "admin")
+    raw = await RawSocket.connect(server, admin)
+    await raw.send(call_frame("cat"))
+    piece = "z" * (512 * KIB)  # three frames of 512 KiB: one 1.5 MiB message, no frame over 1 MiB
+    frames = [raw.conn.send(TextMessage(data=piece, message_finished=i == 2)) for i in range(3)]
+    await raw.stream.send_all(b"".join(frames) + raw.conn.send(BytesMessage(data=CLOSE_STDIN)))
+    out = Transcript()
+    with trio.fail_after(30):
+        await raw.read_all(out)
+    assert (out.result, out.close_code) == ({"success": True}, 1000)
+    assert sum(len(t) for t in out.texts) == 3 * 512 * KIB > MIB
+    server.cancel_scope.cancel()

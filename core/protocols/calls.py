@@ -39,6 +39,13 @@ def msg_internal(ref: str) -> str:
     return f"internal error (ref {ref})"
 
 
+def is_call_cancel_reason(reason: str) -> bool:
+    """Whether an action's cancel reason is one of the fixed messages a call may end with (the call face, the
+    time limit, the server stopping); any other (a cancel through the REST API) is reported as ``cancelled``."""
+    fixed = reason in (MSG_CANCELLED, MSG_SHUTTING_DOWN, MSG_PROTOCOL_ERROR)
+    return fixed or reason.startswith(("timed out after ", "internal error (ref "))
+
+
 class CallMessage(msgspec.Struct, forbid_unknown_fields=False):
     """``{"call": "name", "params": ["...", ...]}``: exactly once, first."""
 
@@ -75,7 +82,7 @@ def decode_call(payload: bytes) -> CallMessage:
     """Decode the first binary frame; any defect is ``NotACall`` (answered with ``unknown action call``)."""
     try:
         message = _CALL_DECODER.decode(payload)
-    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested too deep
         raise NotACall(str(e)) from None
     if not message.call:
         raise NotACall("empty call name")
@@ -86,7 +93,7 @@ def decode_signal(payload: bytes) -> SignalMessage | None:
     """Decode a binary frame after the call; ``None`` when it is not a signal object at all."""
     try:
         return _SIGNAL_DECODER.decode(payload)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         return None
 
 
