@@ -13,6 +13,7 @@ from core.errors import BadRequest, InvalidInput, PayloadTooLarge, Unauthenticat
 from core.principals import ANONYMOUS, Credential, CredentialKind, Principal
 from core.services import Services
 from handlers.openapi import RouteDoc, register_route_doc
+from handlers.origin import SAFE_METHODS, check_origin
 
 T = TypeVar("T")
 ACCESS_COOKIE = "hearth_access"
@@ -103,10 +104,13 @@ def _decode_basic(value: str) -> str:
 
 
 async def current_principal() -> Principal:
-    """The caller, or ANONYMOUS when the request carries no credential; a bad credential is 401."""
+    """The caller, or ANONYMOUS when the request carries no credential; a bad credential is 401. A cookie on a
+    request that changes something needs this server's own Origin (or an allowed one): 403 otherwise."""
     credential = credential_from_request()
     if credential is None:
         return ANONYMOUS
+    if credential.kind is CredentialKind.COOKIE and request.method not in SAFE_METHODS:  # no cross-site forgery
+        check_origin(services().settings.auth.allowed_origins, request.headers.get("Origin"), request.host)
     return await services().auth.authenticate(credential)
 
 

@@ -28,7 +28,8 @@ from core.protocols.websocket_frames import (
 from core.services import Services
 from handlers.call_io import CallFramer, StdinFeeder
 from handlers.hot_socket import HotSocket, OpenSockets
-from handlers.hot_ws import HOT_CALL_PATHS, check_origin, credential_from_headers, read_upgrade
+from handlers.hot_ws import HOT_CALL_PATHS, credential_from_headers, read_upgrade
+from handlers.origin import check_origin
 
 log = logging.getLogger("hearth.calls")
 

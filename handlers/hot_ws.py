@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from typing import Generic, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -28,10 +28,11 @@ from wsproto.utilities import RemoteProtocolError
 from core import audit
 from core.actions import Action
 from core.authz import Resource, Rule, authorize, register_action
-from core.errors import BadRequest, Forbidden, HearthError, Unauthenticated
+from core.errors import BadRequest, HearthError, Unauthenticated
 from core.principals import Credential, CredentialKind, Principal
 from core.services import Services
 from handlers.hot_socket import ChunkFramer, Framer, HotSocket, LineFramer, OpenSockets
+from handlers.origin import check_origin
 from storage import audit as audit_log
 
 log = logging.getLogger("hearth.hot")
@@ -128,17 +129,6 @@ class HotWebsockets:
 def is_hot_websocket_path(path: bytes) -> bool:
     """Whether ``path`` is served on the hot path (these routes and the call API's)."""
     return path in HOT_CALL_PATHS or path == EXEC_PATH or _OUTPUT_PATH.fullmatch(path) is not None
-
-
-def check_origin(allowed: list[str], origin: str | None, host: str) -> None:
-    """A cookie is sent by browsers from any page: only same-origin pages or allowed origins may use it."""
-    if origin is None:
-        raise Forbidden("cookie authentication needs an Origin header")
-    if origin in allowed:
-        return
-    parts = urlsplit(origin)
-    if parts.scheme not in ("http", "https") or parts.netloc.lower() != host.lower():
-        raise Forbidden(f"origin {origin} is not allowed")
 
 
 def credential_from_headers(headers: dict[bytes, str]) -> Credential | None:
