@@ -143,18 +143,23 @@ class Authenticator:
         name = username[:USERNAME_MAX]
         if wait := self.throttle.retry_after(name):
             raise TooManyAttempts(f"too many failed logins for {name}; retry in {wait} s", wait)
-        user = await user_store.get_user_by_name(self._db, username) if len(username) <= USERNAME_MAX else None
-        if user is None or len(password) > PASSWORD_MAX:
-            await self.passwords.dummy_verify(password[:PASSWORD_MAX])
-            ok = False
-        else:
-            ok = await self.passwords.verify(user.password_hash, password) and not user.disabled
-        if not ok or user is None:
-            await self._login_failed(name, remote)
-            raise Unauthenticated("invalid username or password")
+        with self.throttle.checking(name):
+            user = await self._verified_user(username, password)
+            if user is None:
+                await self._login_failed(name, remote)
+                raise Unauthenticated("invalid username or password")
         self.throttle.succeeded(name)
         await self._upgrade_hash(user, password)
         return user
+
+    async def _verified_user(self, username: str, password: str) -> UserRecord | None:
+        """The user whose password this is (and who is not disabled), with the same work when there is none."""
+        user = await user_store.get_user_by_name(self._db, username) if len(username) <= USERNAME_MAX else None
+        if user is None or len(password) > PASSWORD_MAX:
+            await self.passwords.dummy_verify(password[:PASSWORD_MAX])
+            return None
+        ok = await self.passwords.verify(user.password_hash, password) and not user.disabled
+        return user if ok else None
 
     async def _login_failed(self, name: str, remote: str) -> None:
         self.throttle.failed(name)

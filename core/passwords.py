@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import secrets
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
+from collections.abc import Iterator
 
 import trio
 from argon2 import PasswordHasher
@@ -84,13 +86,28 @@ class LoginThrottle:
         self.window = window
         self.max_names = max_names
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._checking: Counter[str] = Counter()  # password checks of a name under way (bounded by requests)
 
     def retry_after(self, name: str) -> int:
-        """Seconds until ``name`` may try again; 0 when it may try now."""
+        """Seconds until ``name`` may try again; 0 when it may try now. Checks under way count as failures
+        until they end, so a burst of parallel guesses gets no more checks than the limit."""
         times = self._recent(name)
-        if len(times) < self.max_failures:
+        if len(times) + self._checking[name] < self.max_failures:
             return 0
+        if not times:
+            return 1
         return max(1, math.ceil(times[0] + self.window - time.monotonic()))
+
+    @contextlib.contextmanager
+    def checking(self, name: str) -> Iterator[None]:
+        """Count one password check of ``name`` while it runs (enter right after ``retry_after`` said 0)."""
+        self._checking[name] += 1
+        try:
+            yield
+        finally:
+            self._checking[name] -= 1
+            if self._checking[name] <= 0:
+                del self._checking[name]
 
     def failed(self, name: str) -> None:
         times = self._recent(name)

@@ -87,3 +87,11 @@ def test_login_throttle_memory_is_bounded_by_max_names() -> None:
     assert len(throttle._failures) == 50
     assert throttle.retry_after("user499") > 0
     assert throttle.retry_after("user0") == 0
+
+
+def test_throttle_counts_checks_under_way_until_they_end() -> None:
+    throttle = LoginThrottle(max_failures=2, window=60)
+    with throttle.checking("ann"), throttle.checking("ann"):
+        assert throttle.retry_after("ann") == 1  # two checks under way fill the limit
+        assert throttle.retry_after("bob") == 0
+    assert throttle.retry_after("ann") == 0  # both ended without a failure
