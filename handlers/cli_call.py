@@ -330,7 +330,7 @@ def parse_result(data: bytes) -> Outcome | None:
     """The result frame of v1 (``success``) or pow-1 (``status``); None for other JSON objects (ignored)."""
     try:
         obj = msgspec.json.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return Outcome(EXIT_FAILED, "the server sent a control frame that is not JSON")
     if not isinstance(obj, dict):
         return None
@@ -367,7 +367,7 @@ def body_detail(body: bytes | None) -> str:
     """The ``detail`` (or ``message``, ``error``) of a JSON error body, else ""."""
     try:
         obj = msgspec.json.decode(body or b"")
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return ""
     found = [obj[k] for k in _DETAIL_KEYS if isinstance(obj, dict) and isinstance(obj.get(k), str)]
     return found[0][:200] if found else ""

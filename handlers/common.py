@@ -62,6 +62,8 @@ async def decode_json(kind: type[T]) -> T:
         raise InvalidInput(str(e)) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as e:  # msgspec raises the latter for bad UTF-8 in strings
         raise BadRequest(f"malformed JSON: {e}") from None
+    except RecursionError:
+        raise BadRequest("malformed JSON: nested too deep") from None
 
 
 async def decode_form_or_json(kind: type[T]) -> T:

@@ -201,6 +201,8 @@ def handshake(ws: WSConnection, data: bytes) -> Request:
     except RemoteProtocolError as e:
         hint = getattr(e.event_hint, "status_code", 400)
         raise _UpgradeRefused(hint, str(e)) from None
+    except ValueError:  # UnicodeError and kin: e.g. a Host header that is not a valid host name
+        raise _UpgradeRefused(400, "malformed websocket upgrade request") from None
     if not events or not isinstance(events[0], Request):
         raise _UpgradeRefused(400, "not a websocket upgrade")
     return events[0]

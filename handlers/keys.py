@@ -112,7 +112,7 @@ def _int_arg(name: str, default: int, minimum: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or len(raw) > 9 or int(raw) < minimum:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9 or int(raw) < minimum:  # isdigit alone takes '²'
         raise InvalidInput(f"{name} must be an integer of at least {minimum}")
     return int(raw)
 
