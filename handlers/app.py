@@ -29,6 +29,7 @@ def create_app(svc: Services) -> QuartTrio:
     for module in (health, auth, keys, actions, distillery):
         app.register_blueprint(module.blueprint)
     _install_error_handlers(app, svc.settings.server.max_body_bytes)
+    _refuse_ambiguous_framing(app)
     _install_request_metrics(app, svc.metrics)
     _observe_database(svc)
     app.add_url_rule("/openapi.json", view_func=_openapi, methods=["GET"])
@@ -47,6 +48,20 @@ def _observe_database(svc: Services) -> None:
         histogram.labels(op=op).observe(seconds)
 
     svc.db.set_latency_observer(observe)
+
+
+def _refuse_ambiguous_framing(app: QuartTrio) -> None:
+    """A request with both Content-Length and Transfer-Encoding is answered 400 and its connection closed
+    (RFC 9112 §6.3): a front proxy that trusted the Content-Length could otherwise smuggle a request in what it
+    took for the body (h11 reads such a body as chunked and would keep the connection)."""
+
+    @app.before_request
+    async def _check_framing() -> Response | None:
+        if "Content-Length" in request.headers and "Transfer-Encoding" in request.headers:
+            response = error_response(400, "Content-Length and Transfer-Encoding together are not allowed")
+            response.headers["Connection"] = "close"
+            return response
+        return None
 
 
 def _install_request_metrics(app: QuartTrio, metrics: Metrics) -> None:
