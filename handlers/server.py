@@ -4,6 +4,7 @@ to hypercorn's trio ``TCPServer`` (quart-trio) with the bytes already read repla
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -55,15 +56,55 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     return config
 
 
+H2_PREFACE = b"PRI * HTTP/2.0"  # an HTTP/2 connection with prior knowledge
+
+
+class HeadDeadline:
+    """The slowloris guard for the request heads after the first (which the accept loop times itself): a head
+    that starts after a response must end (blank line) within ``timeout`` seconds of its first byte, however
+    its bytes trickle in. Off for good after a ``101`` (a websocket) and on HTTP/2 connections."""
+
+    def __init__(self, timeout: float, first: bytes) -> None:
+        self._timeout = timeout
+        self._on = not first.startswith(H2_PREFACE)
+        self._after_response = False  # the next bytes received start a head
+        self._deadline = math.inf
+        self._tail = b""  # the last bytes of the head so far: a blank line may span two reads
+
+    @property
+    def deadline(self) -> float:
+        return self._deadline
+
+    def sent(self, data: bytes | bytearray | memoryview) -> None:
+        start = bytes(data[:12])
+        if start == b"HTTP/1.1 101":
+            self._on = False
+        elif self._on and start.startswith(b"HTTP/1.") and start[9:12] != b"100":
+            self._after_response = True
+
+    def received(self, data: bytes) -> None:
+        if not (self._on and data and (self._after_response or self._deadline < math.inf)):
+            return
+        if self._after_response:
+            self._after_response, self._tail = False, b""
+            self._deadline = trio.current_time() + self._timeout
+        seen = self._tail + data
+        if b"\r\n\r\n" in seen or b"\n\n" in seen:
+            self._deadline = math.inf
+        self._tail = seen[-3:]
+
+
 class ReplayStream(trio.abc.HalfCloseableStream):
     """A socket stream whose first reads return ``prefix`` (the bytes the accept loop already consumed).
 
     hypercorn's ``TCPServer`` uses ``socket``, ``receive_some``, ``send_all``, ``send_eof`` and ``aclose``;
-    having no ``do_handshake`` tells it the stream is not TLS. Closing is shielded from cancellation."""
+    having no ``do_handshake`` tells it the stream is not TLS. Closing is shielded from cancellation. A later
+    request head that does not end in time (``HeadDeadline``) reads as the end of the stream: hypercorn closes."""
 
-    def __init__(self, stream: trio.SocketStream, prefix: bytes) -> None:
+    def __init__(self, stream: trio.SocketStream, prefix: bytes, head_timeout: float = math.inf) -> None:
         self.transport = stream
         self._prefix = memoryview(prefix)
+        self._heads = HeadDeadline(head_timeout, prefix)
 
     @property
     def socket(self) -> trio.socket.SocketType:
@@ -71,13 +112,19 @@ class ReplayStream(trio.abc.HalfCloseableStream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if not self._prefix:
-            return await self.transport.receive_some(max_bytes)
+            with trio.move_on_at(self._heads.deadline):
+                data = await self.transport.receive_some(max_bytes)
+                self._heads.received(data)
+                return data
+            log.info("request head not complete in time: connection closed")
+            return b""
         await trio.lowlevel.checkpoint()
         size = len(self._prefix) if max_bytes is None else max_bytes
         data, self._prefix = bytes(self._prefix[:size]), self._prefix[size:]
         return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self._heads.sent(data)
         await self.transport.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
@@ -164,7 +211,7 @@ class ConnectionRouter:
         elif head.complete and self._is_hot(head):
             await self._hot.handle(stream, head.data)
         elif head.data:
-            await self._hypercorn(ReplayStream(stream, head.data))
+            await self._hypercorn(ReplayStream(stream, head.data, self._timeout))
 
     def _is_hot(self, head: RequestHead) -> bool:
         method, path = head.method_and_path()

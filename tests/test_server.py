@@ -216,6 +216,56 @@ async def test_slowloris_head_times_out_with_408(data_dir: Path) -> None:
         running.cancel_scope.cancel()
 
 
+TRICKLE_STEPS = 60  # 60 x 0.05 s: six times the head timeout below
+
+
+async def server_closed(stream: trio.SocketStream) -> bool:
+    """Send one more header line and wait 0.05 s: True when the server has closed (EOF or reset)."""
+    try:
+        await stream.send_all(b"X: y\r\n")
+        with trio.move_on_after(0.05):
+            return not await stream.receive_some(65536)
+    except trio.BrokenResourceError:
+        return True
+    return False
+
+
+async def test_a_trickled_later_request_head_is_cut_off_too(data_dir: Path) -> None:
+    settings = make_settings(data_dir, server={"request_head_timeout_seconds": 0.5})
+    async with trio.open_nursery() as nursery:
+        running = await start_server(nursery, settings)
+        closed = False
+        async with await trio.open_tcp_stream("127.0.0.1", running.port) as stream:
+            await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            with trio.fail_after(10):
+                first = await stream.receive_some(65536)
+            await stream.send_all(b"GET /healthz HTTP/1.1\r\n")
+            for _ in range(TRICKLE_STEPS):
+                if closed := await server_closed(stream):
+                    break
+        running.cancel_scope.cancel()
+    assert first.startswith(b"HTTP/1.1 200 ")
+    assert closed, "a trickled second request head keeps the connection open past the head timeout"
+
+
+async def test_a_later_request_body_may_take_longer_than_the_head_timeout(data_dir: Path) -> None:
+    """The head deadline ends with the head: a slow body (here of a second request) is not cut."""
+    settings = make_settings(data_dir, server={"request_head_timeout_seconds": 0.3})
+    async with trio.open_nursery() as nursery:
+        running = await start_server(nursery, settings)
+        async with await trio.open_tcp_stream("127.0.0.1", running.port) as stream:
+            await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert (await read_response(stream))[0] == 200
+            body = b'{"username":"nobody","password":"not the password"}'
+            await stream.send_all(post_head("/api/v1/auth/login", len(body)) + b"\r\n")
+            for byte in range(len(body)):  # about 0.5 s in all: longer than the head timeout
+                await trio.sleep(0.01)
+                await stream.send_all(body[byte : byte + 1])
+            status, _ = await read_response(stream)
+        running.cancel_scope.cancel()
+    assert status == 401  # the body arrived whole and was checked
+
+
 # -- serve_http itself: quart websockets, lifespan, graceful shutdown, IPv6 ------------------------------
 
 
@@ -247,6 +297,20 @@ async def test_websocket_on_a_path_that_is_not_hot_reaches_quart(data_dir: Path)
         await ws.send_message("through quart")
         with trio.fail_after(10):
             assert await ws.get_message() == "through quart"
+
+
+async def test_a_quart_websocket_outlives_the_head_timeout(data_dir: Path) -> None:
+    """After the 101 the head deadline is off: frames are not request heads."""
+    overrides = {"server": {"request_head_timeout_seconds": 0.2}}
+    async with (
+        serving(data_dir, add_echo, **overrides) as base,
+        open_websocket_url(base.replace("http", "ws", 1) + "/test/echo") as ws,
+    ):
+        for word in ("one", "two", "three"):
+            await trio.sleep(0.15)  # 0.45 s in all, frames trickling
+            await ws.send_message(word)
+            with trio.fail_after(10):
+                assert await ws.get_message() == word
 
 
 async def test_lifespan_startup_and_shutdown_run(data_dir: Path) -> None:
