@@ -10,7 +10,7 @@ import secrets
 import msgspec
 
 from core import audit
-from core.authz import Resource, authorize
+from core.authz import Resource, allowed, authorize
 from core.config import Settings
 from core.errors import InvalidInput, NotFound, Unauthenticated
 from core.principals import ROLE_RANK, Principal, PrincipalKind, Role
@@ -140,10 +140,13 @@ class ApiKeyManager:
         return await key_store.list_keys(self._db, user_name=user, after_id=after_id, limit=limit)
 
     async def get(self, principal: Principal, key_id: int) -> KeyRecord:
+        """The key, if the caller may read it; another user's key is "not found" as a missing one is, so key ids
+        cannot be probed (an anonymous caller still gets 401)."""
         key = await key_store.get_key(self._db, key_id)
-        if key is None:
+        resource = Resource("api_key", owner=key.user_name if key is not None else "", id=str(key_id))
+        if key is None or not allowed(principal, "keys.read", resource):
+            authorize(principal, "keys.read", Resource("api_key", owner=principal.name))  # 401/403 as for one's own
             raise NotFound(f"no API key {key_id}")
-        authorize(principal, "keys.read", Resource("api_key", owner=key.user_name, id=str(key_id)))
         return key
 
     async def revoke(self, principal: Principal, key_id: int) -> KeyRecord:

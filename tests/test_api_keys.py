@@ -128,9 +128,12 @@ async def test_members_cannot_create_read_or_revoke_keys_of_others(server: Runni
         for_other = await create_key(client, eve, user="fred")
         read_other = await client.get(f"/api/v1/keys/{fred_key['id']}", headers=eve)
         revoke_other = await client.delete(f"/api/v1/keys/{fred_key['id']}", headers=eve)
+        read_missing = await client.get("/api/v1/keys/987654", headers=eve)
         viewer_create = await create_key(client, gus)
         still_works = await me_with(client, fred_key["key"])
-    assert for_other.status_code == read_other.status_code == revoke_other.status_code == 403
+    assert for_other.status_code == 403
+    # another user's key answers as a missing one does: key ids cannot be probed
+    assert read_other.status_code == revoke_other.status_code == read_missing.status_code == 404
     assert viewer_create.status_code == 403
     assert viewer_create.json() == {"detail": "keys.create requires role member"}
     assert still_works.status_code == 200
