@@ -14,7 +14,7 @@ import trio
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from core.errors import InvalidInput
+from core.errors import InvalidInput, TooManyAttempts
 
 USERNAME_MAX = 64
 PASSWORD_MIN = 8
@@ -57,18 +57,27 @@ def _verify_sync(password_hash: str, password: str) -> bool:
 
 class Passwords:
     """Hashes and verifies on worker threads; each hash holds 64 MiB while it runs, so at most
-    ``concurrency`` run at once and a login storm cannot grow memory without bound."""
+    ``concurrency`` run at once and a login storm cannot grow memory without bound. At most ``max_waiting``
+    more wait for their turn; past that a check is refused at once (429), so a flood of guesses cannot queue
+    real logins behind minutes of work."""
 
-    def __init__(self, concurrency: int = 2) -> None:
+    def __init__(self, concurrency: int = 2, max_waiting: int = 64) -> None:
         self._limiter = trio.CapacityLimiter(concurrency)
+        self._max_waiting = max_waiting
 
     async def hash(self, password: str) -> str:
+        self._refuse_when_busy()
         async with self._limiter:
             return await trio.to_thread.run_sync(_HASHER.hash, password)
 
     async def verify(self, password_hash: str, password: str) -> bool:
+        self._refuse_when_busy()
         async with self._limiter:
             return await trio.to_thread.run_sync(_verify_sync, password_hash, password)
+
+    def _refuse_when_busy(self) -> None:
+        if self._limiter.statistics().tasks_waiting >= self._max_waiting:
+            raise TooManyAttempts("too many password checks waiting; retry in a second", 1)
 
     async def dummy_verify(self, password: str) -> None:
         """Spend what a real verification costs, so an unknown user name cannot be told apart by timing."""

@@ -8,7 +8,7 @@ from quart import Response, has_request_context, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from core.errors import HearthError
+from core.errors import HearthError, TooManyAttempts
 from core.metrics import Metrics
 from core.services import Services
 from handlers import actions, auth, distillery, health, keys
@@ -81,7 +81,10 @@ def _install_error_handlers(app: QuartTrio, max_body_bytes: int) -> None:
 
     @app.errorhandler(HearthError)
     async def _hearth_error(e: HearthError) -> Response:
-        return error_response(e.status, e.detail)
+        response = error_response(e.status, e.detail)
+        if isinstance(e, TooManyAttempts):
+            response.headers["Retry-After"] = str(e.retry_after)
+        return response
 
     @app.errorhandler(HTTPException)
     async def _http_error(e: HTTPException) -> Response:

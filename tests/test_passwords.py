@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import trio
 
-from core.errors import InvalidInput
+from core.errors import InvalidInput, TooManyAttempts
 from core.passwords import (
     _DUMMY_HASH,
     LoginThrottle,
@@ -95,3 +96,20 @@ def test_throttle_counts_checks_under_way_until_they_end() -> None:
         assert throttle.retry_after("ann") == 1  # two checks under way fill the limit
         assert throttle.retry_after("bob") == 0
     assert throttle.retry_after("ann") == 0  # both ended without a failure
+
+
+async def test_password_checks_past_the_waiting_limit_are_refused_at_once() -> None:
+    passwords = Passwords(concurrency=1, max_waiting=1)
+    digest = await passwords.hash("a long enough password")
+    outcomes: list[object] = []
+
+    async def check() -> None:
+        try:
+            outcomes.append(await passwords.verify(digest, "a long enough password"))
+        except TooManyAttempts as e:
+            outcomes.append(e.retry_after)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):  # one runs, one waits, the third is refused
+            nursery.start_soon(check)
+    assert sorted(outcomes, key=str) == [1, True, True]
