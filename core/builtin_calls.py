@@ -74,7 +74,7 @@ async def _info(ctx: ActionContext, request: CallRequest) -> int:
 
 async def _backup(ctx: ActionContext, request: CallRequest) -> int:
     """A snapshot of the database (online backup API, integrity-checked) plus the data directory's own files
-    (the JWT secret, action logs), in one ``backups/hearth-<time>.tar.gz``; the archive's path comes last."""
+    (the JWT secret, action logs), in one ``backups/hearth-<time>-<random>.tar.gz``; the archive's path comes last."""
     svc = request.services
     target = svc.settings.data_path / "backups"
     await trio.to_thread.run_sync(lambda: target.mkdir(mode=0o700, exist_ok=True))
@@ -96,11 +96,22 @@ def _archive(data_dir: Path, snapshot: Path) -> tuple[Path, int]:
         tar.add(snapshot, arcname="hearth.db")
         for entry in sorted(data_dir.iterdir()):
             if entry.name not in skip:
-                tar.add(entry, arcname=entry.name)
+                _add_present(tar, entry, entry.name)
     partial.chmod(0o600)
     partial.rename(archive)
     snapshot.unlink()
     return archive, archive.stat().st_size
+
+
+def _add_present(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
+    """Add ``path`` (a directory with what it holds); a file removed meanwhile (a pruned action log) is left out."""
+    try:
+        tar.add(path, arcname=arcname, recursive=False)
+        children = sorted(path.iterdir()) if path.is_dir() and not path.is_symlink() else []
+    except FileNotFoundError:
+        return
+    for child in children:
+        _add_present(tar, child, f"{arcname}/{child.name}")
 
 
 async def _prune(ctx: ActionContext, request: CallRequest) -> int:

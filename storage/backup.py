@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ def backup_database(source: Path, target: Path) -> Path:
     One backup step copies every page inside one read transaction, so the copy is a consistent snapshot;
     in WAL mode the server's writers carry on meanwhile. The copy goes to a temporary file next to the
     target, passes ``PRAGMA integrity_check``, is fsynced and then renamed over the target.
-    ``target`` may be a directory: the file is then named ``hearth-<UTC timestamp>.db`` inside it.
+    ``target`` may be a directory: the file is then named ``hearth-<UTC timestamp>-<random>.db`` inside it.
     """
     if not source.is_file():
         raise StorageError(f"no database at {source}")
@@ -116,8 +117,8 @@ def verify_restorable(path: Path) -> None:
 
 
 def _backup_target(target: Path) -> Path:
-    if target.is_dir():
-        return target / time.strftime("hearth-%Y%m%dT%H%M%SZ.db", time.gmtime())
+    if target.is_dir():  # a random part: two backups in the same second must not share a name
+        return target / f"hearth-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}.db"
     if not target.parent.is_dir():
         raise StorageError(f"directory {target.parent} does not exist")
     return target
@@ -154,7 +155,7 @@ def _copy(src: sqlite3.Connection, target: Path) -> None:
 @contextlib.contextmanager
 def _temporary_file(target: Path) -> Iterator[Path]:
     """An empty private file (mode 0600) beside ``target``, removed unless it was renamed into place."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
     except OSError as e:
