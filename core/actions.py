@@ -254,6 +254,7 @@ class ProcessAction(Action):
             chunk_bytes=self._settings.read_chunk_bytes,
             grace=self._settings.kill_grace_seconds,
             cancel=self._cancel_requested,
+            unblock=lambda: self._hub.stop_blocking(spare_log=True),
         )
 
     async def _cancel_after(self, seconds: float) -> None:

@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import msgspec
 import trio
@@ -75,13 +75,14 @@ class OutputRing:
 class _Reader:
     """One attached reader: a bounded queue, and the end offset of the last chunk offered to it."""
 
-    __slots__ = ("gone", "lossless", "offered_end", "queue")
+    __slots__ = ("gone", "is_log", "lossless", "offered_end", "queue")
 
-    def __init__(self, capacity: int, lossless: bool, offered_end: int) -> None:
+    def __init__(self, capacity: int, lossless: bool, offered_end: int, is_log: bool) -> None:
         self.queue = ChunkQueue[OutputChunk](capacity)
         self.lossless = lossless
         self.offered_end = offered_end
         self.gone = False
+        self.is_log = is_log  # the disk log: only a cancel makes it lossy
 
     def offer(self, chunk: OutputChunk) -> bool:
         """Deliver without waiting; False when a lossless reader is full and the sender must wait.
@@ -186,7 +187,7 @@ class OutputHub:
         self._queue_chunks = queue_chunks
         self._readers: list[_Reader] = []
         self._lock = trio.Lock()
-        self._blocking: list[trio.CancelScope] = []
+        self._blocking: list[tuple[_Reader, trio.CancelScope]] = []
         self._draining = False
         self._closed = trio.Event()
         self._released = trio.Event()  # publishing waits while this is unset (see ``hold``)
@@ -238,23 +239,26 @@ class OutputHub:
     async def _send_blocking(self, reader: _Reader, chunk: OutputChunk) -> None:
         """Wait for room; ``stop_blocking`` may cancel the wait, and the chunk is then missing for this reader."""
         with trio.CancelScope() as scope:
-            self._blocking.append(scope)
+            self._blocking.append((reader, scope))
             try:
                 await reader.queue.send(chunk)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 reader.gone = True
             finally:
-                self._blocking.remove(scope)
+                self._blocking.remove((reader, scope))
                 reader.offered(chunk)  # delivered, or (cancelled) missing
 
-    def stop_blocking(self) -> None:
-        """From now on no reader can hold the publishers back: full readers get gaps instead."""
-        self._draining = True
+    def stop_blocking(self, *, spare_log: bool = False) -> None:
+        """From now on no reader can hold the publishers back: full readers get gaps instead. ``spare_log``
+        (the process has ended and its pipes are being drained): the disk log stays lossless, and readers that
+        attach later are lossless as before."""
+        self._draining = self._draining or not spare_log
         self._released.set()
         for reader in self._readers:
-            reader.lossless = False
-        for scope in tuple(self._blocking):
-            scope.cancel()
+            reader.lossless = reader.lossless and spare_log and reader.is_log
+        for reader, scope in tuple(self._blocking):
+            if not (spare_log and reader.is_log):
+                scope.cancel()
 
     def close(self) -> None:
         """No more output: readers end once they have drained what is queued for them."""
@@ -269,7 +273,8 @@ class OutputHub:
         """Attach a reader (see ``Action.open_output``); it is detached when the block exits. A lossless reader
         releases a ``hold`` unless ``releases_hold`` is false (the disk log)."""
         end = self._ring.end_offset
-        reader = None if self.closed else _Reader(self._queue_chunks, lossless and not self._draining, end)
+        lossless = lossless and not self._draining
+        reader = None if self.closed else _Reader(self._queue_chunks, lossless, end, is_log=not releases_hold)
         if reader is not None:
             self._readers.append(reader)
             if reader.lossless and releases_hold:
@@ -310,8 +315,12 @@ class DiskLog:
             task_status.started()
             return
         async with file:
+
+            async def write_through(data: bytes) -> None:  # flushed: GET .../log shows output as it comes
+                await trio.to_thread.run_sync(_write_and_flush, file.wrapped, data)
+
             try:
-                await self._write(hub, file.write, task_status)
+                await self._write(hub, write_through, task_status)
             except OSError as e:
                 log.warning("action log stopped: cannot write %s: %s", self.path, e.strerror)
 
@@ -357,6 +366,11 @@ class DiskLog:
             return f"\n[hearth: {item.missed_bytes} bytes missing here]\n".encode()
         self._seen = item.offset + len(item.data)
         return item.data
+
+
+def _write_and_flush(file: BinaryIO, data: bytes) -> None:
+    file.write(data)
+    file.flush()
 
 
 async def iter_log(path: Path, chunk_bytes: int = 64 * 1024) -> AsyncIterator[bytes]:

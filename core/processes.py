@@ -281,10 +281,18 @@ class ProcessGroup:
         await self.process.aclose_pipes()
 
     async def supervise(
-        self, publish: Publish, *, chunk_bytes: int, grace: float, cancel: trio.Event
+        self,
+        publish: Publish,
+        *,
+        chunk_bytes: int,
+        grace: float,
+        cancel: trio.Event,
+        unblock: Callable[[], None] = lambda: None,
     ) -> tuple[int, bool]:
         """Pump stdout and stderr to ``publish`` until the leader exits (SIGTERM once ``cancel`` is set, SIGKILL
-        ``grace`` later), empty the group, reap the leader; the pipes then get ``grace`` to drain.
+        ``grace`` later), empty the group, reap the leader; the pipes then get ``grace`` to drain. If the pumps
+        are still not done then (a slow reader holds ``publish`` back), ``unblock`` is called (publishing must
+        then never wait) and they get ``grace`` more, so what is left in the pipes is not cut off for everyone.
 
         Returns the exit status (negative: the signal that killed it) and whether ``cancel`` was set before the
         leader exited (a cancel that comes later found the process already gone).
@@ -297,15 +305,20 @@ class ProcessGroup:
         outputs = [pipe.fileno() for pipe in (self.process.stdout, self.process.stderr) if pipe is not None]
         with _LeaderOrOutput(self.pgid, self._pidfd, outputs) as first_sign:
             await self._wait_for(first_sign.wait, cancel, grace)
+        pumps_done = _Pumps()
         async with trio.open_nursery() as pumps:
-            pumps.start_soon(_pump, self.process.stdout, "stdout", publish, chunk_bytes)
+            pumps_done.start(pumps, self.process.stdout, "stdout", publish, chunk_bytes)
             if self.process.stderr is not None:
-                pumps.start_soon(_pump, self.process.stderr, "stderr", publish, chunk_bytes)
+                pumps_done.start(pumps, self.process.stderr, "stderr", publish, chunk_bytes)
             await self._wait_for(self.wait_leader_exit, cancel, grace)
             cancelled = cancel.is_set()
             await self.empty_group(grace)
             code = await self.reap()
-            pumps.cancel_scope.deadline = trio.current_time() + grace
+            with trio.move_on_after(grace):
+                await pumps_done.all_done.wait()
+            if not pumps_done.all_done.is_set():
+                unblock()
+                pumps.cancel_scope.deadline = trio.current_time() + grace  # pipes held by an escaped process
         return code, cancelled
 
     async def _wait_for(self, event: Callable[[], Awaitable[None]], cancel: trio.Event, grace: float) -> None:
@@ -365,6 +378,28 @@ class _LeaderOrOutput:
                     await trio.lowlevel.wait_readable(self._epoll)
             else:
                 await trio.lowlevel.wait_readable(self._epoll)
+
+
+class _Pumps:
+    """The pump tasks of one process, and an event set once all of them have ended."""
+
+    def __init__(self) -> None:
+        self._running = 0
+        self.all_done = trio.Event()
+
+    def start(
+        self, nursery: trio.Nursery, stream: trio.abc.ReceiveStream, name: Stream, publish: Publish, size: int
+    ) -> None:
+        self._running += 1
+        nursery.start_soon(self._run, stream, name, publish, size)
+
+    async def _run(self, stream: trio.abc.ReceiveStream, name: Stream, publish: Publish, size: int) -> None:
+        try:
+            await _pump(stream, name, publish, size)
+        finally:
+            self._running -= 1
+            if not self._running:
+                self.all_done.set()
 
 
 async def _pump(stream: trio.abc.ReceiveStream, name: Stream, publish: Publish, size: int) -> None:

@@ -26,8 +26,8 @@ from core.protocols.websocket_frames import (
     encode_frame,
 )
 from core.services import Services
-from handlers.call_io import CallFramer, StdinFeeder
-from handlers.hot_socket import HotSocket, OpenSockets
+from handlers.call_io import CallFramer
+from handlers.hot_socket import HotSocket, OpenSockets, StdinLimits
 from handlers.hot_ws import HOT_CALL_PATHS, credential_from_headers, read_upgrade
 from handlers.origin import check_origin
 
@@ -91,7 +91,8 @@ class CallSocket(HotSocket):
         subprotocol: str | None,
     ) -> None:
         settings = svc.settings.calls
-        super().__init__(stream, ws, max_message_bytes=settings.max_frame_bytes)
+        stdin = StdinLimits(settings.buffer_bytes, settings.stdin_stall_seconds, proto.MSG_CANCELLED)
+        super().__init__(stream, ws, max_message_bytes=settings.max_frame_bytes, stdin=stdin)
         self._svc = svc
         self._calls = calls
         self._principal = principal
@@ -103,8 +104,6 @@ class CallSocket(HotSocket):
         self._discarding = False
         self._cancels = 0
         self._partial_control = b""
-        self._stdin: StdinFeeder | None = None
-        self._stdin_scope: trio.CancelScope | None = None
         self.result: proto.CallResult | None = None
 
     # -- life of the connection -------------------------------------------------------------------------
@@ -305,34 +304,12 @@ class CallSocket(HotSocket):
         """v1: each text frame is a line (``\\n`` added); pow-1: written exactly as received."""
         if finished and self._subprotocol != proto.POW1:
             data += b"\n"
-        if (feeder := self._feeder()) is not None:
+        if (feeder := self._feeder(stdin)) is not None:
             await feeder.put(data)
 
     def _close_input(self) -> None:
-        if (feeder := self._feeder()) is not None:
+        if self._action is not None and (feeder := self._feeder(self._action)) is not None:
             feeder.close()
-
-    def _feeder(self) -> StdinFeeder | None:
-        """The call's stdin feeder, started on first use (an idle call has no such task) beside the writer;
-        it ends with the writer."""
-        if self._stdin_scope is None and self._tasks is not None and self._action is not None:
-            settings = self._svc.settings.calls
-            self._stdin = StdinFeeder(self._action, settings.buffer_bytes, settings.stdin_stall_seconds)
-            self._stdin_scope = trio.CancelScope()
-            self._tasks.start_soon(self._feed_stdin, self._stdin, self._stdin_scope)
-        return self._stdin
-
-    @staticmethod
-    async def _feed_stdin(feeder: StdinFeeder, scope: trio.CancelScope) -> None:
-        with scope:
-            await feeder.run()
-
-    def _writer_finished(self) -> None:
-        if self._stdin_scope is None:
-            self._stdin_scope = trio.CancelScope()  # no feeder starts after this
-        self._stdin_scope.cancel()
-        if self._stdin is not None:
-            self._stdin.close()  # a reader waiting for room in the queue goes on at once
 
     async def _control(self, action: Action, payload: bytes) -> None:
         message = proto.decode_signal(payload)

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 import trio
@@ -31,6 +32,7 @@ from core.protocols.websocket_frames import (
     compact_reason,
     encode_text_lines,
 )
+from handlers.stdin_feeder import StdinFeeder
 
 log = logging.getLogger("hearth.hot")
 
@@ -104,6 +106,16 @@ def result_reason(result: ActionResult, missed: int = 0) -> str:
     return compact_reason(fields)
 
 
+@dataclass(frozen=True)
+class StdinLimits:
+    """Client input queued for a process: at most ``buffer_bytes``; full for ``stall_seconds`` cancels the
+    action with ``stall_reason``."""
+
+    buffer_bytes: int
+    stall_seconds: float
+    stall_reason: str
+
+
 class HotSocket:
     """An accepted websocket streaming one action; ``run`` returns when the connection is over.
 
@@ -113,10 +125,15 @@ class HotSocket:
     it; nothing is written after a close frame. ``ws`` is wsproto's connection after the handshake (the
     handshake's HTTP parser is not kept: an idle socket costs less)."""
 
-    def __init__(self, stream: trio.SocketStream, ws: Connection, *, max_message_bytes: int) -> None:
+    def __init__(
+        self, stream: trio.SocketStream, ws: Connection, *, max_message_bytes: int, stdin: StdinLimits
+    ) -> None:
         self._stream = stream
         self._ws = ws
         self._max_message = max_message_bytes
+        self._stdin_limits = stdin
+        self._stdin: StdinFeeder | None = None
+        self._stdin_scope: trio.CancelScope | None = None
         self._message_bytes = 0
         self._send_lock = trio.Lock()
         self._writer_scope = trio.CancelScope()
@@ -125,14 +142,17 @@ class HotSocket:
         self._close_written = False
         self._pending: list[Event] = []  # events read before ``run`` (e.g. behind a first message)
         self._tasks: trio.Nursery | None = None  # the writer's nursery, while ``run`` runs
+        self._lossless = True
 
     def going_away(self) -> None:
         """The server is stopping: end the stream with close code 1001."""
         self._going_away = True
         self._writer_scope.cancel()
 
-    async def run(self, action: Action, framer: Framer, *, stdin: Action | None) -> None:
-        """Stream ``action`` with ``framer``; client messages go to ``stdin`` when given (else are dropped)."""
+    async def run(self, action: Action, framer: Framer, *, stdin: Action | None, lossless: bool = True) -> None:
+        """Stream ``action`` with ``framer``; client messages go to ``stdin`` when given (else are dropped).
+        ``lossless``: a slow client slows the process down; else it gets gaps (a spectator must not stall it)."""
+        self._lossless = lossless
         async with trio.open_nursery() as nursery:
             self._tasks = nursery
             nursery.start_soon(self._write_loop, action, framer, nursery.cancel_scope)
@@ -182,7 +202,23 @@ class HotSocket:
             self._writer_finished()
 
     def _writer_finished(self) -> None:
-        """Hook: the writer is done (whatever else runs beside it in ``_tasks`` should end now)."""
+        """The writer is done: the stdin feeder beside it ends too (and none starts after)."""
+        if self._stdin_scope is None:
+            self._stdin_scope = trio.CancelScope()
+        self._stdin_scope.cancel()
+        if self._stdin is not None:
+            self._stdin.close()  # a reader waiting for room in the queue goes on at once
+
+    def _feeder(self, action: Action) -> StdinFeeder | None:
+        """The stdin feeder of ``action``, started on first use (an idle socket has no such task) beside the
+        writer, so that the reader keeps reading (a cancel, a close, the client's end) while the process is slow
+        to read its stdin; None once the writer is done."""
+        if self._stdin_scope is None and self._tasks is not None:
+            limits = self._stdin_limits
+            self._stdin = StdinFeeder(action, limits.buffer_bytes, limits.stall_seconds, limits.stall_reason)
+            self._stdin_scope = trio.CancelScope()
+            self._tasks.start_soon(_run_feeder, self._stdin, self._stdin_scope)
+        return self._stdin
 
     async def _stream_output(self, action: Action, framer: Framer) -> tuple[int, str]:
         try:
@@ -206,7 +242,7 @@ class HotSocket:
         return CLOSE_NORMAL, result_reason(result, framer.missed)
 
     async def _copy_output(self, action: Action, framer: Framer) -> None:
-        async with action.open_output(replay=True, lossless=True) as reader:
+        async with action.open_output(replay=True, lossless=self._lossless) as reader:
             async for item in reader:
                 if frames := _encode_ready(framer, item, reader):
                     await self._send(frames)
@@ -279,8 +315,11 @@ class HotSocket:
             return True
         if event.message_finished:
             self._message_bytes = 0
-        if stdin is not None:
-            await _feed_stdin(stdin, data, close=isinstance(event, BytesMessage) and not data)
+        if stdin is not None and (feeder := self._feeder(stdin)) is not None:
+            if isinstance(event, BytesMessage) and not data:
+                feeder.close()  # an empty binary message closes stdin
+            elif data:
+                await feeder.put(data)
         return False
 
 
@@ -354,12 +393,6 @@ def _encode_ready(framer: Framer, first: OutputChunk | OutputGap, reader: Output
     return parts
 
 
-async def _feed_stdin(action: Action, data: bytes, *, close: bool) -> None:
-    """Client data to the process; an empty binary message closes stdin. A closed stdin drops the data."""
-    try:
-        if close:
-            await action.close_stdin()
-        elif data:
-            await action.send_stdin(data)
-    except (trio.ClosedResourceError, trio.BrokenResourceError):
-        pass
+async def _run_feeder(feeder: StdinFeeder, scope: trio.CancelScope) -> None:
+    with scope:
+        await feeder.run()

@@ -31,7 +31,7 @@ from core.authz import Resource, Rule, authorize, register_action
 from core.errors import BadRequest, HearthError, Unauthenticated
 from core.principals import Credential, CredentialKind, Principal
 from core.services import Services
-from handlers.hot_socket import ChunkFramer, Framer, HotSocket, LineFramer, OpenSockets
+from handlers.hot_socket import ChunkFramer, Framer, HotSocket, LineFramer, OpenSockets, StdinLimits
 from handlers.origin import check_origin
 from storage import audit as audit_log
 
@@ -43,6 +43,7 @@ _OUTPUT_PATH = re.compile(rb"/api/v1/actions/([A-Za-z0-9_.-]{1,128})/output")
 ACCESS_COOKIE = "hearth_access"
 MAX_ARGV = 1024
 FACE = "actions"
+STDIN_STALLED = "stdin stalled: the process did not read its input"
 T = TypeVar("T")
 
 register_action("actions.exec", Rule("admin"))
@@ -86,9 +87,12 @@ class HotWebsockets:
                 plan.action.cancel("the websocket closed")
 
     async def _serve(self, stream: trio.SocketStream, conn: Connection, plan: Plan) -> None:
-        sock = HotSocket(stream, conn, max_message_bytes=self._svc.settings.server.max_ws_message_bytes)
+        settings = self._svc.settings
+        stdin = StdinLimits(settings.actions.stdin_buffer_bytes, settings.actions.stdin_stall_seconds, STDIN_STALLED)
+        sock = HotSocket(stream, conn, max_message_bytes=settings.server.max_ws_message_bytes, stdin=stdin)
         with self._sockets.tracking(sock):
-            await sock.run(plan.action, plan.framer(), stdin=plan.action if plan.owned else None)
+            owner_input = plan.action if plan.owned else None
+            await sock.run(plan.action, plan.framer(), stdin=owner_input, lossless=plan.owned)  # spectators: lossy
 
     async def _prepare(self, request: Request) -> Plan:
         """Authenticate, authorize and find (or start) the action; a HearthError refuses the upgrade."""
