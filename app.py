@@ -127,7 +127,11 @@ async def serve(settings: Settings, *, task_status: trio.TaskStatus[Any] = trio.
 
     lock = ServerLock(prepare_data_dir(settings))
     lock.acquire()
-    svc = await build_services(settings)
+    try:
+        svc = await build_services(settings)
+    except BaseException:
+        lock.release()
+        raise
     raise_open_file_limit()
     try:
         await _mark_interrupted_calls(svc)

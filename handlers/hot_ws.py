@@ -116,7 +116,11 @@ class HotWebsockets:
             raise BadRequest(f"at most {MAX_ARGV} argv values")
         action = await self._svc.actions.start_process(argv, owner=principal.name, hold_output=True)
         note = audit.entry(principal, "actions.exec", resource=f"action:{action.id}", detail=shlex.join(argv)[:2000])
-        await audit_log.record(self._svc.db, note)
+        try:
+            await audit_log.record(self._svc.db, note)
+        except BaseException:
+            action.cancel("the exec could not be audited")  # refused upgrade: nobody would own the process
+            raise
         audit.emit(note)
         return action
 

@@ -17,6 +17,7 @@ import trio
 from core.errors import NotADatabaseError, StorageError
 from storage.migrations import MIGRATIONS, apply_migrations
 
+WAL_SWITCH_RETRY_SECONDS = 0.01
 T = TypeVar("T")
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -94,12 +95,24 @@ class Database:
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
         conn.execute("PRAGMA foreign_keys = ON")
         if not read_only:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._switch_to_wal(conn)
             if mode != "wal":
                 raise StorageError(f"cannot switch {self.path} to WAL (got {mode})")
         conn.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
         if read_only:
             conn.execute("PRAGMA query_only = ON")
+
+    def _switch_to_wal(self, conn: sqlite3.Connection) -> str:
+        """``PRAGMA journal_mode = WAL``, retried while another opener of a fresh file holds it: SQLite answers
+        that pragma "database is locked" at once instead of waiting for the busy timeout."""
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(WAL_SWITCH_RETRY_SECONDS)
 
     async def read(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
         """Run ``fn`` with a read-only connection on a worker thread."""

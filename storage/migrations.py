@@ -123,13 +123,15 @@ MIGRATIONS: list[Migration] = [
 
 
 def apply_migrations(db: sqlite_utils.Database) -> int:
-    """Apply every migration newer than the file's user_version, each in its own transaction."""
-    current = db.execute("PRAGMA user_version").fetchone()[0]
+    """Apply every migration newer than the file's user_version, each in its own transaction. The version is
+    read inside that transaction (BEGIN IMMEDIATE holds the write lock), so two processes opening a fresh file
+    at once (a server and a ``hearth users`` command) never run the same migration twice."""
     for number, migration in enumerate(MIGRATIONS, start=1):
-        if number <= current:
-            continue
         db.conn.execute("BEGIN IMMEDIATE")
         try:
+            if db.execute("PRAGMA user_version").fetchone()[0] >= number:
+                db.conn.execute("ROLLBACK")
+                continue
             migration(db)
             db.conn.execute(f"PRAGMA user_version = {number}")
         except BaseException:

@@ -346,3 +346,33 @@ def test_kill_9_server_keeps_every_acknowledged_http_write(tmp_path: Path, serve
     assert second.stop() == 0
     assert set(acknowledged) <= {k["description"] for k in listed}
     assert not [line for line in second.stdout_lines if "API key:" in line]
+
+
+def open_together(path: Path, openers: int) -> list[BaseException]:
+    """``openers`` threads open ``path`` at the same moment; what they raised."""
+    barrier = threading.Barrier(openers)
+    errors: list[BaseException] = []
+
+    def open_it() -> None:
+        barrier.wait()
+        try:
+            Database(path).close()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=open_it) for _ in range(openers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return errors
+
+
+def test_processes_opening_a_fresh_file_together_migrate_it_once(tmp_path: Path) -> None:
+    """A server and a ``hearth users`` command may open a new data directory at the same moment: each
+    migration runs once (the version is read under the write lock), and every opener gets a usable database."""
+    for attempt in range(5):  # bounded: a race needs a few tries to show
+        path = tmp_path / f"fresh-{attempt}.db"
+        assert open_together(path, 4) == []
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
