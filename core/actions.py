@@ -15,7 +15,7 @@ import msgspec
 import trio
 
 from core.config import ActionSettings, Settings
-from core.errors import ActionManagerStopped, ActionNotFound
+from core.errors import ActionManagerStopped, ActionNotFound, TooManyActions
 from core.metrics import Metrics
 from core.output import DiskLog, OutputChunk, OutputGap, OutputHub, OutputReader, Stream, prepare_log_dir
 from core.processes import ProcessGroup, ProcessSpec, reap_orphans, start_error
@@ -344,6 +344,7 @@ class ActionManager:
         self.log_dir = settings.data_path / "actions"
         self._actions: dict[str, Action] = {}
         self._nursery: trio.Nursery | None = None
+        self._running = 0
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Reap what a crashed run left, then run actions until cancelled; on cancel every action is cancelled."""
@@ -410,6 +411,8 @@ class ActionManager:
     async def _start(self, action: Action, *, hold_output: bool = False) -> Action:
         if self._nursery is None:
             raise ActionManagerStopped("the action manager is not running")
+        if self._running >= self._settings.max_running:
+            raise TooManyActions(f"{self._running} actions are running, the most allowed (actions.max_running)")
         if hold_output:
             action.hold_output()
         self._actions[action.id] = action
@@ -419,9 +422,11 @@ class ActionManager:
 
     async def _run(self, action: Action, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._metrics.actions_running.inc()
+        self._running += 1
         try:
             await action.run(task_status=task_status)
         finally:
+            self._running -= 1
             self._metrics.actions_running.dec()
             outcome = action.result.outcome if action.result is not None else "failed"
             self._metrics.actions_total.labels(outcome=outcome).inc()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from core.actions import Action, ActionResult
 from core.audit import now_utc, rfc3339
 from core.call_catalogue import CallRequest, CallSpec, check_params
-from core.errors import ActionManagerStopped
+from core.errors import ActionManagerStopped, TooManyActions
 from core.principals import Principal, PrincipalKind
 from core.protocols import calls as proto
 from core.services import Services
@@ -129,6 +129,8 @@ class CallService:
             call.action = await call.spec.start(CallRequest(call.principal, call.params, self._svc))
         except ActionManagerStopped:
             return failure(proto.MSG_SHUTTING_DOWN)
+        except TooManyActions:
+            return failure(proto.MSG_TOO_MANY)
         except Exception:
             return internal_error("call failed to start", call=call.spec.name)
         return call.action

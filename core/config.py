@@ -60,11 +60,13 @@ class ActionSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     read_chunk_bytes: int = 256 * 1024  # pipes are grown to this (core/processes.grow_pipe); see docs/streaming.md
     retain_finished: int = 200  # finished actions kept (info, ring, log file); the oldest go first
     retain_seconds: float = 3600.0  # and for at most this long after they ended
+    max_running: int = 4096  # actions running at once (each holds a few fds and a task); more are refused
     stdin_buffer_bytes: int = 1024 * 1024  # exec websockets: client input queued for the process
     stdin_stall_seconds: float = 30.0  # exec websockets: a queue full this long cancels the action
 
     def __post_init__(self) -> None:
         _require_positive("actions.retain_finished", self.retain_finished)
+        _require_positive("actions.max_running", self.max_running)
         _require_positive("actions.stdin_buffer_bytes", self.stdin_buffer_bytes)
         _require_positive("actions.stdin_stall_seconds", self.stdin_stall_seconds)
         _require_positive("actions.retain_seconds", self.retain_seconds)

@@ -14,6 +14,8 @@
     │   ├── PayloadTooLarge   413
     │   ├── InvalidInput      422    well-formed but invalid values
     │   └── RateLimited       429
+    │       ├── TooManyActions       actions.max_running actions run already
+    │       └── TooManyAttempts      too many failed logins, or password checks waiting
     ├── ActionError                  an action could not start or ended badly
     │   ├── ActionManagerStopped     the server is stopping; nothing new starts
     │   ├── ActionNotFound           no such action id
@@ -94,6 +96,10 @@ class InvalidInput(RequestError):
 
 class RateLimited(RequestError):
     status = 429
+
+
+class TooManyActions(RateLimited):
+    """``actions.max_running`` actions run already: no new one starts until one ends."""
 
 
 class ActionError(HearthError):

@@ -75,6 +75,7 @@ async def _find(verb: str, action_id: str) -> tuple[Principal, Action]:
     response=ActionInfo,
     status=201,
     auth="admin",
+    errors=(429,),
 )
 async def start_action() -> Response:
     """Run ``argv`` in its own process group (admins only: it runs as the server's user). A program or ``cwd``

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from core.actions import Action, ActionContext, ActionManager, ActionResult, OutputChunk, OutputGap
-from core.errors import ActionNotFound, ProcessStartError
+from core.errors import ActionNotFound, ProcessStartError, TooManyActions
 from core.metrics import Metrics
 from core.output import OutputItem
 from core.processes import boot_id, start_ticks
@@ -500,3 +500,15 @@ async def test_an_action_without_output_writes_no_log_file(data_dir: Path) -> No
         await talking.wait_result()
     assert not silent.log_path.exists()
     assert talking.log_path.read_bytes() == b"hello\n"
+
+
+async def test_actions_past_max_running_are_refused_until_one_ends(tmp_path: Path) -> None:
+    async with open_harness(tmp_path / "d", max_running=2) as h:
+        first = await h.manager.start_process(["sleep", "30"], owner="a")
+        await h.manager.start_process(["sleep", "30"], owner="a")
+        with pytest.raises(TooManyActions):
+            await h.manager.start_process(["true"], owner="a")
+        first.cancel()
+        await first.wait_result()
+        third = await h.manager.start_process(["true"], owner="a")
+        assert (await third.wait_result()).exit_code == 0

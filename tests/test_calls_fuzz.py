@@ -31,6 +31,7 @@ from tests.calls_support import (
     call_frame,
     child_pids,
     collect,
+    command_settings,
     history,
     next_text,
     open_call_socket,
@@ -42,7 +43,7 @@ from tests.calls_support import (
     v1_failure,
     wait_gone,
 )
-from tests.conftest import RunningServer, api_key_for
+from tests.conftest import RunningServer, api_key_for, make_settings, start_server
 
 MEMORY_BOUND = 300 * MIB
 
@@ -124,6 +125,21 @@ async def test_too_many_calls_in_all(nursery: trio.Nursery, data_dir: Path) -> N
             await ws.send_message(call_frame("ready_cat"))
             assert await next_text(ws) == "ready"
         assert (await run_call(server, bob, "info")).result == v1_failure(MSG_TOO_MANY)
+    server.cancel_scope.cancel()
+
+
+async def test_calls_past_actions_max_running_are_too_many(nursery: trio.Nursery, data_dir: Path) -> None:
+    settings = make_settings(
+        data_dir, actions={"max_running": 1}, calls={"commands": command_settings(), "first_message_timeout": 1.0}
+    )
+    server = await start_server(nursery, settings)
+    ada = await api_key_for(server, "ada", "admin")
+    async with open_call_socket(server, ada) as one:
+        await one.send_message(call_frame("ready_cat"))
+        assert await next_text(one) == "ready"
+        assert (await run_call(server, ada, "info")).result == v1_failure(MSG_TOO_MANY)
+        await one.send_message(CANCEL)
+        assert (await collect(one)).result == v1_failure(MSG_CANCELLED)
     server.cancel_scope.cancel()
 
 
