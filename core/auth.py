@@ -141,14 +141,14 @@ class Authenticator:
 
     async def _check_password(self, username: str, password: str, *, remote: str = "") -> UserRecord:
         name = username[:USERNAME_MAX]
-        if wait := self.throttle.retry_after(name):
-            raise TooManyAttempts(f"too many failed logins for {name}; retry in {wait} s", wait)
-        with self.throttle.checking(name):
+        async with self.throttle.turn(name):
+            if wait := self.throttle.retry_after(name):
+                raise TooManyAttempts(f"too many failed logins for {name}; retry in {wait} s", wait)
             user = await self._verified_user(username, password)
             if user is None:
                 await self._login_failed(name, remote)
                 raise Unauthenticated("invalid username or password")
-        self.throttle.succeeded(name)
+            self.throttle.succeeded(name)
         await self._upgrade_hash(user, password)
         return user
 
@@ -170,7 +170,11 @@ class Authenticator:
 
     async def _upgrade_hash(self, user: UserRecord, password: str) -> None:
         if needs_rehash(user.password_hash):
-            await user_store.set_password_hash(self._db, user.id, await self.passwords.hash(password))
+            try:
+                new_hash = await self.passwords.hash(password)
+            except TooManyAttempts:
+                return  # busy: the password is right all the same; the next login upgrades the hash
+            await user_store.set_password_hash(self._db, user.id, new_hash)
 
     async def _issue_pair(self, user: UserRecord) -> TokenPair:
         raw = secrets.token_urlsafe(32)

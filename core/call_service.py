@@ -82,13 +82,19 @@ class CallService:
 
     async def admit(self, principal: Principal, message: proto.CallMessage) -> RunningCall | proto.CallResult:
         """The checks of specs/calls.md §2 in order; a RunningCall holds a place in the limits until ``finish``.
-        A refused call is audited too (no params: they were not checked), so attempts show in the history."""
+        A refused call is audited too (no params: they were not checked), so attempts show in the history;
+        an anonymous caller's refusals are logged only."""
         admitted = await self._check(principal, message)
         if isinstance(admitted, proto.CallResult):
             await self._audit_refusal(principal, message.call, admitted.message)
         return admitted
 
     async def _audit_refusal(self, principal: Principal, call: str, reason: str) -> None:
+        """An authenticated caller's refusal is a history row; an anonymous one only a log line (it costs the
+        database nothing: anyone can open sockets)."""
+        if not principal.is_authenticated:
+            log.info("anonymous call refused", extra={"call": call[:MAX_AUDITED_NAME], "reason": reason})
+            return
         try:
             await call_history.refused(
                 self._svc.db,

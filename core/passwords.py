@@ -8,7 +8,7 @@ import re
 import secrets
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 import trio
 from argon2 import PasswordHasher
@@ -84,6 +84,9 @@ class Passwords:
         await self.verify(_DUMMY_HASH, password)
 
 
+MAX_QUEUED_PER_NAME = 64
+
+
 class LoginThrottle:
     """At most ``max_failures`` failed logins per user name in ``window`` seconds; memory bounded by ``max_names``.
 
@@ -95,28 +98,32 @@ class LoginThrottle:
         self.window = window
         self.max_names = max_names
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-        self._checking: Counter[str] = Counter()  # password checks of a name under way (bounded by requests)
+        self._turns: dict[str, trio.Lock] = {}  # one password check per name at a time
+        self._queued: Counter[str] = Counter()  # checks of a name waiting or under way (bounded per name)
 
     def retry_after(self, name: str) -> int:
-        """Seconds until ``name`` may try again; 0 when it may try now. Checks under way count as failures
-        until they end, so a burst of parallel guesses gets no more checks than the limit."""
+        """Seconds until ``name`` may try again; 0 when it may try now."""
         times = self._recent(name)
-        if len(times) + self._checking[name] < self.max_failures:
+        if len(times) < self.max_failures:
             return 0
-        if not times:
-            return 1
         return max(1, math.ceil(times[0] + self.window - time.monotonic()))
 
-    @contextlib.contextmanager
-    def checking(self, name: str) -> Iterator[None]:
-        """Count one password check of ``name`` while it runs (enter right after ``retry_after`` said 0)."""
-        self._checking[name] += 1
+    @contextlib.asynccontextmanager
+    async def turn(self, name: str) -> AsyncIterator[None]:
+        """Wait for ``name``'s turn: password checks of one name run one after another, so each sees the
+        failures before it (a burst of parallel guesses gets no more checks than the limit, and parallel
+        requests with the right password all pass). More than ``MAX_QUEUED_PER_NAME`` waiting: refused."""
+        if self._queued[name] >= MAX_QUEUED_PER_NAME:
+            raise TooManyAttempts(f"too many password checks for {name} at once; retry in a second", 1)
+        self._queued[name] += 1
+        lock = self._turns.setdefault(name, trio.Lock())
         try:
-            yield
+            async with lock:
+                yield
         finally:
-            self._checking[name] -= 1
-            if self._checking[name] <= 0:
-                del self._checking[name]
+            self._queued[name] -= 1
+            if not self._queued[name]:
+                del self._queued[name], self._turns[name]
 
     def failed(self, name: str) -> None:
         times = self._recent(name)

@@ -33,3 +33,12 @@ async def test_unknown_and_bad_param_calls_are_audited_without_params(nursery: t
         ("no-such-call", [], "failure", "unknown action call"),
     ]
     server.cancel_scope.cancel()
+
+
+async def test_anonymous_refusals_are_logged_not_stored(nursery: trio.Nursery, data_dir: Path) -> None:
+    server = await start_calls_server(nursery, data_dir)
+    admin = await api_key_for(server, "ada", "admin")
+    await run_call(server, None, "no-such-call")
+    await run_call(server, None, "info")
+    assert [r for r in await history(server, admin) if r["user"] == ""] == []
+    server.cancel_scope.cancel()

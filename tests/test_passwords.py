@@ -90,12 +90,23 @@ def test_login_throttle_memory_is_bounded_by_max_names() -> None:
     assert throttle.retry_after("user0") == 0
 
 
-def test_throttle_counts_checks_under_way_until_they_end() -> None:
+async def test_throttle_runs_one_check_per_name_at_a_time() -> None:
     throttle = LoginThrottle(max_failures=2, window=60)
-    with throttle.checking("ann"), throttle.checking("ann"):
-        assert throttle.retry_after("ann") == 1  # two checks under way fill the limit
-        assert throttle.retry_after("bob") == 0
-    assert throttle.retry_after("ann") == 0  # both ended without a failure
+    inside: list[str] = []
+    entries: list[tuple[str, list[str]]] = []  # who entered, and who was inside then
+
+    async def check(name: str) -> None:
+        async with throttle.turn(name):
+            entries.append((name, list(inside)))
+            inside.append(name)
+            await trio.sleep(0.01)  # a check takes a while: the same name's others wait
+            inside.remove(name)
+
+    async with trio.open_nursery() as nursery:
+        for name in ("ann", "ann", "ann", "bob"):
+            nursery.start_soon(check, name)
+    assert len(entries) == 4
+    assert all(name not in others for name, others in entries)
 
 
 async def test_password_checks_past_the_waiting_limit_are_refused_at_once() -> None:
