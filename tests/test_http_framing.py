@@ -8,6 +8,7 @@ import re
 import trio
 
 from tests.conftest import RunningServer
+from tests.test_server import read_to_eof
 
 SMUGGLED = b"GET /api/v1/auth/me HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
 BODY = b"0\r\n\r\n" + SMUGGLED  # chunked: empty body, then a "second request"; by Content-Length: all body
@@ -15,14 +16,6 @@ CL_TE = (
     b"POST /api/v1/auth/logout HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
     b"Content-Length: " + str(len(BODY)).encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n" + BODY
 )
-
-
-async def read_to_eof(stream: trio.abc.ReceiveStream) -> bytes:
-    received = b""
-    with trio.fail_after(10):
-        while chunk := await stream.receive_some(65536):
-            received += chunk
-    return received
 
 
 async def test_content_length_with_transfer_encoding_is_not_followed_by_another_request(
