@@ -266,6 +266,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except (OSError, BaseExceptionGroup) as e:  # e.g. the port is taken (raised inside the server's nurseries)
+        error = _os_error_in(e)
+        if error is None:
+            raise
+        print(f"hearth: {error.strerror or error}", file=sys.stderr)
+        return 1
+
+
+def _os_error_in(error: BaseException) -> OSError | None:
+    """The OSError that ``error`` is or holds (in nested exception groups), else None."""
+    if isinstance(error, OSError):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        found = [_os_error_in(inner) for inner in error.exceptions]
+        return next((e for e in found if e is not None), None)
+    return None
 
 
 if __name__ == "__main__":

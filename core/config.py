@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -48,6 +49,7 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         _require_positive("server.max_body_bytes", self.max_body_bytes)
         _require_positive("server.max_ws_message_bytes", self.max_ws_message_bytes)
         _require_positive("server.request_head_timeout_seconds", self.request_head_timeout_seconds)
+        _require_at_least_zero("server.shutdown_grace_seconds", self.shutdown_grace_seconds)
 
 
 class ActionSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -87,6 +89,7 @@ class StorageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     def __post_init__(self) -> None:
         _require_positive("storage.reader_connections", self.reader_connections)
+        _require_at_least_zero("storage.busy_timeout_ms", self.busy_timeout_ms)
         _require_positive("storage.audit_retention_days", self.audit_retention_days)
 
 
@@ -163,8 +166,13 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return Path(self.data_dir)
 
 
+def _require_at_least_zero(name: str, value: float) -> None:
+    if not 0 <= value < math.inf:
+        raise ConfigError(name, f"must be 0 or more, got {value}")
+
+
 def _require_positive(name: str, value: float) -> None:
-    if value <= 0:
+    if not 0 < value < math.inf:  # also refuses NaN, which compares false with everything
         raise ConfigError(name, f"must be greater than 0, got {value}")
 
 

@@ -29,7 +29,7 @@ _DUMMY_HASH = "$argon2id$v=19$m=65536,t=3,p=4$ViPJJRu55IKkVN2wsGdz4A$6ZICH78BBZ3
 
 
 def validate_username(name: str) -> str:
-    if not name or len(name) > USERNAME_MAX or not _USERNAME_RE.match(name):
+    if not name or len(name) > USERNAME_MAX or not _USERNAME_RE.fullmatch(name):  # match: '$' takes a final \n
         raise InvalidInput(f"username must be 1..{USERNAME_MAX} characters of A-Z a-z 0-9 _ . -")
     return name
 

@@ -22,7 +22,10 @@ PAGE = 1000
 
 def users_command(settings: Settings, args: argparse.Namespace) -> int:
     if args.users_command == "create" and args.password_stdin:
-        args.password = sys.stdin.readline().rstrip("\r\n")
+        try:
+            args.password = sys.stdin.buffer.readline().decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            return _fail("the password on standard input is not UTF-8", 2)
         if not args.password:
             return _fail("no password on standard input", 2)
     return _run(settings, _USERS[args.users_command], args)

@@ -84,7 +84,10 @@ class Streams:
 
     @classmethod
     def standard(cls) -> Streams:
-        return cls(sys.stdin.fileno(), sys.stdout.buffer, sys.stderr)
+        """The process's own streams; a closed stdin reads as empty, a closed stdout writes to nowhere."""
+        stdin = sys.stdin.fileno() if sys.stdin is not None else os.open(os.devnull, os.O_RDONLY)
+        stdout = sys.stdout.buffer if sys.stdout is not None else open(os.devnull, "wb")  # noqa: SIM115 - for life
+        return cls(stdin, stdout, sys.stderr)
 
     def write_line(self, text: str) -> bool:
         """One output line, flushed at once; False when stdout is gone (it is then pointed at /dev/null)."""
