@@ -37,6 +37,8 @@ def backup_database(source: Path, target: Path) -> Path:
     """
     if not source.is_file():
         raise StorageError(f"no database at {source}")
+    if target.resolve() == source.resolve():
+        raise StorageError(f"{target} is the live database itself: back it up to another file or a directory")
     check_is_sqlite(source)
     with _open(source, "rw") as src:
         return snapshot_into(src, target)

@@ -125,6 +125,14 @@ def test_backup_without_a_database_exits_1(tmp_path: Path) -> None:
     assert not (tmp_path / "empty").exists()
 
 
+def test_backup_onto_the_live_database_is_refused(tmp_path: Path) -> None:
+    make_database(tmp_path / "hearth.db", ["x"])
+    result = hearth("backup", str(tmp_path / "hearth.db"), "--data-dir", str(tmp_path))
+    assert result.returncode == 1
+    assert "is the live database itself" in result.stderr
+    assert audit_rows(tmp_path / "hearth.db") == ["x"]
+
+
 def test_backup_into_a_missing_directory_exits_1(tmp_path: Path) -> None:
     make_database(tmp_path / "hearth.db", ["x"])
     result = hearth("backup", str(tmp_path / "nowhere" / "out.db"), "--data-dir", str(tmp_path))
