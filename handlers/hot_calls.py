@@ -27,8 +27,8 @@ from core.protocols.websocket_frames import (
 )
 from core.services import Services
 from handlers.call_io import CallFramer
-from handlers.hot_socket import HotSocket, OpenSockets, StdinLimits
-from handlers.hot_ws import HOT_CALL_PATHS, credential_from_headers, read_upgrade
+from handlers.hot_socket import HotSocket, StdinLimits
+from handlers.hot_ws import HOT_CALL_PATHS, HotRouteSet, credential_from_headers, read_upgrade
 from handlers.origin import check_origin
 
 log = logging.getLogger("hearth.calls")
@@ -37,19 +37,15 @@ CALL_PATHS = HOT_CALL_PATHS
 FACE = "calls"
 
 
-class CallRoutes:
-    """The hot route of the call API: ``wants`` picks it by path, ``handle`` serves one connection."""
+class CallRoutes(HotRouteSet):
+    """The hot route of the call API."""
 
     def __init__(self, svc: Services) -> None:
-        self._svc = svc
+        super().__init__(svc, FACE)
         self._calls = CallService(svc)
-        self._sockets = OpenSockets(svc.metrics.websockets_open.labels(face=FACE))
 
     def wants(self, method: bytes, path: bytes) -> bool:
         return method == b"GET" and path in CALL_PATHS
-
-    def going_away(self) -> None:
-        self._sockets.going_away()
 
     async def handle(self, stream: trio.SocketStream, data: bytes) -> None:
         upgrade = await read_upgrade(stream, data, self._prepare)

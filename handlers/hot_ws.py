@@ -61,18 +61,26 @@ class Plan:
         return ChunkFramer() if self.framing == "chunks" else LineFramer()
 
 
-class HotWebsockets:
-    """The hot routes of one server: ``wants`` picks them by path, ``handle`` serves one connection."""
+class HotRouteSet:
+    """A set of hot routes of one face: ``wants`` picks them by path, ``handle`` serves one connection; their
+    open sockets are counted under the face and told when the server is going away."""
 
-    def __init__(self, svc: Services) -> None:
+    def __init__(self, svc: Services, face: str) -> None:
         self._svc = svc
-        self._sockets = OpenSockets(svc.metrics.websockets_open.labels(face=FACE))
-
-    def wants(self, method: bytes, path: bytes) -> bool:
-        return method == b"GET" and (path == EXEC_PATH or _OUTPUT_PATH.fullmatch(path) is not None)
+        self._sockets = OpenSockets(svc.metrics.websockets_open.labels(face=face))
 
     def going_away(self) -> None:
         self._sockets.going_away()
+
+
+class HotWebsockets(HotRouteSet):
+    """The action routes: exec and output."""
+
+    def __init__(self, svc: Services) -> None:
+        super().__init__(svc, FACE)
+
+    def wants(self, method: bytes, path: bytes) -> bool:
+        return method == b"GET" and (path == EXEC_PATH or _OUTPUT_PATH.fullmatch(path) is not None)
 
     async def handle(self, stream: trio.SocketStream, data: bytes) -> None:
         """Serve one connection whose first bytes (a complete request head, maybe more) are ``data``."""

@@ -101,8 +101,12 @@ async def get_key_by_prefix(db: Database, hash_prefix: str) -> KeyRecord | None:
 MAX_ROW_ID = 2**63 - 1  # SQLite's largest integer: a larger id names no row (and would not bind)
 
 
+def _names_no_row(key_id: int) -> bool:
+    return not 0 < key_id <= MAX_ROW_ID
+
+
 async def get_key(db: Database, key_id: int) -> KeyRecord | None:
-    if not 0 < key_id <= MAX_ROW_ID:
+    if _names_no_row(key_id):
         return None
     return await db.read(
         lambda conn: fetch_record(conn.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", [key_id]), KeyRecord)
@@ -126,7 +130,7 @@ async def list_keys(
 
 async def revoke_key(db: Database, key_id: int, *, now: str, audit: AuditEntry | None = None) -> KeyRecord | None:
     """Mark the key revoked (idempotent: the first revocation time is kept); None when there is no such key."""
-    if not 0 < key_id <= MAX_ROW_ID:
+    if _names_no_row(key_id):
         return None
 
     def write(conn: sqlite_utils.Database) -> KeyRecord | None:

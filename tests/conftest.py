@@ -68,6 +68,22 @@ async def server(nursery: trio.Nursery, data_dir: Path) -> AsyncIterator[Running
     running.cancel_scope.cancel()
 
 
+@pytest.fixture
+async def calls_server(nursery: trio.Nursery, data_dir: Path) -> AsyncIterator[RunningServer]:
+    """A server with the test commands of the call API (tests/calls_support.py)."""
+    from tests.calls_support import start_calls_server  # it builds on this module
+
+    running = await start_calls_server(nursery, data_dir)
+    yield running
+    running.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def admin(calls_server: RunningServer) -> str:
+    """An admin's API key on ``calls_server`` (modules about other servers define their own ``admin``)."""
+    return await api_key_for(calls_server, "ada", "admin")
+
+
 async def api_key_for(server: RunningServer, name: str, role: str = "member") -> str:
     """Create user ``name`` with ``role`` and return a fresh API key of theirs (no login round trip)."""
     from core.api_keys import NewKey

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 import trio
 
 from core.protocols.calls import MSG_CANCELLED, MSG_PERMISSION_DENIED
-from tests.calls_support import call_frame, collect, open_call_socket, read_until, run_call, start_calls_server
+from tests.calls_support import call_frame, collect, open_call_socket, read_until, run_call
 from tests.conftest import RunningServer, api_key_for
-
-
-@pytest.fixture
-async def calls_server(nursery: trio.Nursery, data_dir: Path) -> AsyncIterator[RunningServer]:
-    server = await start_calls_server(nursery, data_dir)
-    yield server
-    server.cancel_scope.cancel()
 
 
 async def test_anonymous_caller_is_denied_whatever_the_params(calls_server: RunningServer) -> None:

