@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,15 @@ async def server(nursery: trio.Nursery, data_dir: Path) -> AsyncIterator[Running
     running = await start_server(nursery, make_settings(data_dir))
     yield running
     running.cancel_scope.cancel()
+
+
+@pytest.fixture
+def serve_processes() -> Iterator[list[Any]]:
+    """``tests.test_storage.ServeProcess`` servers started by a test; any still running at the end are killed."""
+    started: list[Any] = []
+    yield started
+    for process in started:
+        process.kill()
 
 
 @pytest.fixture

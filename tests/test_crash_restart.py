@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from tests.test_hot_ws import alive
-from tests.test_storage import ServeProcess, admin_api_key, serve_processes  # noqa: F401 - fixture
+from tests.test_storage import ServeProcess, admin_api_key
 
 IGNORE_TERM = "trap '' TERM; sleep 300 & echo $! > {pid}; wait"
 
@@ -30,7 +30,7 @@ def wait_pid(path: Path) -> int:
     raise AssertionError("the action never wrote its pid")
 
 
-def test_kill_9_then_restart_reaps_the_orphaned_group(tmp_path: Path, serve_processes: list[ServeProcess]) -> None:  # noqa: F811
+def test_kill_9_then_restart_reaps_the_orphaned_group(tmp_path: Path, serve_processes: list[ServeProcess]) -> None:
     first = ServeProcess(tmp_path / "data")
     serve_processes.append(first)
     first.wait_listening()
@@ -48,7 +48,7 @@ def test_kill_9_then_restart_reaps_the_orphaned_group(tmp_path: Path, serve_proc
     assert not list((tmp_path / "data" / "actions").glob("*.log"))
 
 
-def test_sigterm_ends_a_server_with_a_term_ignoring_action(tmp_path: Path, serve_processes: list[ServeProcess]) -> None:  # noqa: F811
+def test_sigterm_ends_a_server_with_a_term_ignoring_action(tmp_path: Path, serve_processes: list[ServeProcess]) -> None:
     server = ServeProcess(tmp_path / "data")
     serve_processes.append(server)
     server.wait_listening()

@@ -317,15 +317,6 @@ def admin_api_key(lines: list[str]) -> str:
     return key
 
 
-@pytest.fixture
-def serve_processes() -> Iterator[list[ServeProcess]]:
-    """Servers started by a test; any still running at the end are killed."""
-    started: list[ServeProcess] = []
-    yield started
-    for process in started:
-        process.kill()
-
-
 def test_kill_9_server_keeps_every_acknowledged_http_write(tmp_path: Path, serve_processes: list[ServeProcess]) -> None:
     first = ServeProcess(tmp_path / "data")
     serve_processes.append(first)
